@@ -1,0 +1,127 @@
+using System.Globalization;
+
+namespace KvmObserve.Aggregation.Discovery;
+
+/// <summary>Pure parsers for the procfs files VM discovery reads; tested on fixtures.</summary>
+public static class ProcfsParsers
+{
+    public const string KvmVmFdTarget = "anon_inode:kvm-vm";
+    public const string KvmVcpuFdPrefix = "anon_inode:kvm-vcpu:";
+
+    /// <summary>The Tgid line of /proc/TID/status: the process a thread belongs to.</summary>
+    public static int? ParseTgid(string status)
+    {
+        foreach (string line in status.Split('\n'))
+        {
+            if (line.StartsWith("Tgid:", StringComparison.Ordinal) &&
+                int.TryParse(line.AsSpan(5).Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out int tgid))
+                return tgid;
+        }
+        return null;
+    }
+
+    /// <summary>Field 22 (starttime) of /proc/PID/stat. comm (field 2) may hold spaces and ')', so count from the last ')'.</summary>
+    public static ulong? ParseStartTime(string stat)
+    {
+        int close = stat.LastIndexOf(')');
+        if (close < 0)
+            return null;
+        string[] rest = stat[(close + 1)..].Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        // rest[0] is field 3 (state), so field 22 is rest[19]
+        return rest.Length > 19 && ulong.TryParse(rest[19], NumberStyles.None, CultureInfo.InvariantCulture, out ulong v) ? v : null;
+    }
+
+    /// <summary>The vCPU index QEMU puts in its vCPU thread names ("CPU 3/KVM"), as `load` does too.</summary>
+    public static int? VcpuFromThreadName(string comm)
+    {
+        ReadOnlySpan<char> s = comm.AsSpan().Trim();
+        if (!s.StartsWith("CPU ", StringComparison.Ordinal))
+            return null;
+        s = s[4..];
+        int slash = s.IndexOf('/');
+        if (slash < 0 || !s[(slash + 1)..].StartsWith("KVM", StringComparison.Ordinal))
+            return null;
+        return int.TryParse(s[..slash], NumberStyles.None, CultureInfo.InvariantCulture, out int n) ? n : null;
+    }
+
+    /// <summary>Splits /proc/PID/cmdline (NUL-separated).</summary>
+    public static string[] SplitCmdline(string cmdline) => cmdline.Split('\0', StringSplitOptions.RemoveEmptyEntries);
+
+    /// <summary>
+    /// Names a VM from its command line: QEMU's -name guest=X,... or -name X (and -uuid), `kvmobserve load`'s --name X;
+    /// otherwise comm-pid.
+    /// </summary>
+    public static (string Name, string Vmm, string Uuid) IdentifyVm(string[] argv, string comm, int pid)
+    {
+        string program = argv.Length > 0 ? Path.GetFileName(argv[0]) : comm;
+        string? name = null, uuid = null;
+        string vmm = comm;
+        if (program.Contains("qemu", StringComparison.OrdinalIgnoreCase) || comm.StartsWith("qemu", StringComparison.Ordinal))
+        {
+            vmm = "qemu";
+            for (int i = 0; i + 1 < argv.Length; i++)
+            {
+                if (argv[i] is "-name" or "--name")
+                    name = QemuName(argv[i + 1]);
+                else if (argv[i] is "-uuid" or "--uuid")
+                    uuid = argv[i + 1];
+            }
+        }
+        else if (IsKvmObserveLoad(argv))
+        {
+            vmm = "kvmobserve-load";
+            name = OptionValue(argv, "--name");
+        }
+        return (string.IsNullOrEmpty(name) ? $"{comm}-{pid}" : name, vmm, uuid ?? "");
+    }
+
+    private static bool IsKvmObserveLoad(string[] argv)
+    {
+        bool kvmobserve = false;
+        foreach (string a in argv)
+        {
+            if (a.Contains("kvmobserve", StringComparison.OrdinalIgnoreCase) || a.EndsWith("KvmObserve.Agent.dll", StringComparison.Ordinal))
+                kvmobserve = true;
+            else if (kvmobserve && a == "load")
+                return true;
+        }
+        return false;
+    }
+
+    private static string? OptionValue(string[] argv, string option)
+    {
+        for (int i = 0; i < argv.Length; i++)
+        {
+            if (argv[i] == option && i + 1 < argv.Length)
+                return argv[i + 1];
+            if (argv[i].StartsWith(option + "=", StringComparison.Ordinal))
+                return argv[i][(option.Length + 1)..];
+        }
+        return null;
+    }
+
+    /// <summary>QEMU's -name takes "guest=NAME,opt=..." or a bare "NAME[,opt=...]"; ",," is a literal comma.</summary>
+    private static string QemuName(string value)
+    {
+        var parts = new List<string>();
+        var current = new System.Text.StringBuilder();
+        for (int i = 0; i < value.Length; i++)
+        {
+            if (value[i] == ',')
+            {
+                if (i + 1 < value.Length && value[i + 1] == ',') { current.Append(','); i++; continue; }
+                parts.Add(current.ToString());
+                current.Clear();
+                continue;
+            }
+            current.Append(value[i]);
+        }
+        parts.Add(current.ToString());
+        foreach (string p in parts)
+        {
+            if (p.StartsWith("guest=", StringComparison.Ordinal))
+                return p["guest=".Length..];
+        }
+        return parts[0].Contains('=') ? "" : parts[0];
+    }
+}

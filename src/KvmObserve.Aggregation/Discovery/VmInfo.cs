@@ -1,0 +1,34 @@
+namespace KvmObserve.Aggregation.Discovery;
+
+/// <summary>A process that holds a KVM VM fd (one VM per process, as QEMU, Firecracker and `kvmobserve load` run).</summary>
+public sealed class VmInfo
+{
+    public VmInfo(int pid, ulong startTime, string name, string vmm, string uuid)
+    {
+        Pid = pid;
+        StartTime = startTime;
+        Name = name;
+        Vmm = vmm;
+        Uuid = uuid;
+    }
+
+    public int Pid { get; }
+
+    /// <summary>Field 22 of /proc/PID/stat: tells a reused pid from the VM that had it.</summary>
+    public ulong StartTime { get; }
+
+    /// <summary>The vm label: unique among the VMs this agent knows.</summary>
+    public string Name { get; internal set; }
+
+    public string Vmm { get; }
+    public string Uuid { get; }
+
+    /// <summary>When the process was last seen gone (UTC), or null while it runs.</summary>
+    public DateTime? ExitedAt { get; internal set; }
+
+    /// <summary>Stands for threads whose process could not be identified (gone before it was looked at).</summary>
+    public static VmInfo Unknown { get; } = new(0, 0, "unknown", "", "");
+}
+
+/// <summary>The VM and vCPU a thread belongs to; Vcpu is -1 for a VMM thread that is not a vCPU.</summary>
+public sealed record ThreadIdentity(VmInfo Vm, int Vcpu);

@@ -1,0 +1,56 @@
+using KvmObserve.Aggregation.Series;
+using KvmObserve.Decoding.Events;
+
+namespace KvmObserve.Aggregation;
+
+/// <summary>
+/// Everything one reader thread (one CPU's ring buffer) counts. Only that thread writes; scrapes read it
+/// concurrently and merge all shards, so the hot path takes no lock.
+/// </summary>
+public sealed class Shard
+{
+    private readonly long[] _eventsByKind = new long[Enum.GetValues<KvmEventKind>().Length];
+    private readonly long[] _decodeErrorsByKind = new long[Enum.GetValues<KvmEventKind>().Length];
+    private long _lostEvents;
+    private long _lostUncounted;
+    private long _corruptPages;
+    private long _bytesRead;
+
+    public Shard(int cpu, int seriesLimit)
+    {
+        Cpu = cpu;
+        Series = new SeriesTable(seriesLimit);
+    }
+
+    public int Cpu { get; }
+
+    public SeriesTable Series { get; }
+
+    public long EventsOf(KvmEventKind kind) => Volatile.Read(ref _eventsByKind[(int)kind]);
+    public long DecodeErrorsOf(KvmEventKind kind) => Volatile.Read(ref _decodeErrorsByKind[(int)kind]);
+
+    /// <summary>Events the kernel reported lost (overwritten or dropped) on this CPU.</summary>
+    public long LostEvents => Volatile.Read(ref _lostEvents);
+
+    /// <summary>Pages that said events were lost without room to say how many (each counted as one in LostEvents).</summary>
+    public long LostUncounted => Volatile.Read(ref _lostUncounted);
+
+    public long CorruptPages => Volatile.Read(ref _corruptPages);
+
+    public long BytesRead => Volatile.Read(ref _bytesRead);
+
+    internal void CountEvent(KvmEventKind kind) => _eventsByKind[(int)kind]++;
+
+    public void CountDecodeError(KvmEventKind kind) => _decodeErrorsByKind[(int)kind]++;
+
+    public void CountLost(ulong count, bool exact)
+    {
+        _lostEvents += (long)count;
+        if (!exact)
+            _lostUncounted++;
+    }
+
+    public void CountCorruptPage() => _corruptPages++;
+
+    public void CountBytes(int bytes) => _bytesRead += bytes;
+}

@@ -1,0 +1,125 @@
+using System.Runtime.InteropServices;
+using KvmObserve.Native.Interop;
+
+namespace KvmObserve.Native;
+
+/// <summary>
+/// The system calls the other stages use, with errno turned into <see cref="NativeErrorException"/>.
+/// Methods named Try* return the errno instead of throwing, for callers on a loop that expects EAGAIN or EINTR.
+/// </summary>
+public static unsafe class Sys
+{
+    public static SafeFd Open(string path, bool write = false, bool nonBlocking = false)
+    {
+        int flags = (write ? Libc.O_RDWR : Libc.O_RDONLY) | Libc.O_CLOEXEC | (nonBlocking ? Libc.O_NONBLOCK : 0);
+        int fd = Libc.Open(path, flags, 0);
+        if (fd < 0)
+            throw NativeErrorException.FromLastError($"open({path})");
+        return new SafeFd(fd);
+    }
+
+    /// <summary>read(2) into <paramref name="buffer"/>; returns bytes read (0 = end of file) or -errno.</summary>
+    public static int TryRead(SafeFd fd, Span<byte> buffer)
+    {
+        while (true)
+        {
+            nint n;
+            fixed (byte* p = buffer)
+                n = Libc.Read(fd.Value, p, (nuint)buffer.Length);
+            if (n >= 0)
+                return (int)n;
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno != Errno.EINTR)
+                return -errno;
+        }
+    }
+
+    public static void Write(SafeFd fd, ReadOnlySpan<byte> data)
+    {
+        fixed (byte* p = data)
+        {
+            if (Libc.Write(fd.Value, p, (nuint)data.Length) < 0)
+                throw NativeErrorException.FromLastError("write");
+        }
+    }
+
+    /// <summary>ioctl(2) with a value or pointer argument; returns the kernel's non-negative result.</summary>
+    public static int Ioctl(SafeFd fd, ulong request, nint argument, string what)
+    {
+        int r = TryIoctl(fd, request, argument);
+        if (r < 0)
+            throw new NativeErrorException(what, -r);
+        return r;
+    }
+
+    /// <summary>ioctl(2); returns the result, or -errno (EINTR retried).</summary>
+    public static int TryIoctl(SafeFd fd, ulong request, nint argument)
+    {
+        while (true)
+        {
+            int r = Libc.Ioctl(fd.Value, (nuint)request, argument);
+            if (r >= 0)
+                return r;
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno != Errno.EINTR)
+                return -errno;
+        }
+    }
+
+    public static int EventFd() 
+    {
+        int fd = Libc.EventFd(0, Libc.EFD_CLOEXEC | Libc.EFD_NONBLOCK);
+        if (fd < 0)
+            throw NativeErrorException.FromLastError("eventfd");
+        return fd;
+    }
+
+    /// <summary>Waits until <paramref name="fd"/> is readable or <paramref name="wakeFd"/> is signalled.</summary>
+    /// <returns>1 when fd is readable, 2 when woken, 0 on timeout.</returns>
+    public static int PollReadable(SafeFd fd, SafeFd wakeFd, int timeoutMilliseconds)
+    {
+        Libc.PollFd* fds = stackalloc Libc.PollFd[2];
+        fds[0] = new Libc.PollFd { Fd = fd.Value, Events = Libc.POLLIN };
+        fds[1] = new Libc.PollFd { Fd = wakeFd.Value, Events = Libc.POLLIN };
+        int r = Libc.Poll(fds, 2, timeoutMilliseconds);
+        if (r < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno == Errno.EINTR)
+                return 0;
+            throw new NativeErrorException("poll", errno);
+        }
+        if (fds[1].ReturnedEvents != 0)
+            return 2;
+        return fds[0].ReturnedEvents != 0 ? 1 : 0;
+    }
+
+    public static void Mount(string source, string target, string fileSystemType)
+    {
+        if (Libc.Mount(source, target, fileSystemType, 0, 0) != 0)
+            throw NativeErrorException.FromLastError($"mount -t {fileSystemType} {source} {target}");
+    }
+
+    public static int Gettid() => Libc.Gettid();
+
+    /// <summary>Sets the calling thread's comm (at most 15 bytes), as QEMU names its vCPU threads "CPU N/KVM".</summary>
+    public static void SetCurrentThreadName(string name)
+    {
+        byte* buffer = stackalloc byte[16];
+        int n = System.Text.Encoding.UTF8.GetBytes(name.AsSpan(0, Math.Min(name.Length, 15)), new Span<byte>(buffer, 15));
+        buffer[n] = 0;
+        if (Libc.Prctl(Libc.PR_SET_NAME, (nint)buffer, 0, 0, 0) != 0)
+            throw NativeErrorException.FromLastError("prctl(PR_SET_NAME)");
+    }
+
+    /// <summary>Asks the kernel to send <paramref name="signal"/> to this process when its parent dies.</summary>
+    public static void SetParentDeathSignal(int signal) => Libc.Prctl(Libc.PR_SET_PDEATHSIG, signal, 0, 0, 0);
+
+    /// <summary>Pins the calling thread to one CPU.</summary>
+    public static void PinCurrentThread(int cpu)
+    {
+        ulong mask = 1UL << cpu;
+        if (Libc.SchedSetAffinity(0, sizeof(ulong), &mask) != 0)
+            throw NativeErrorException.FromLastError($"sched_setaffinity(cpu {cpu})");
+    }
+}
