@@ -54,7 +54,7 @@ public readonly struct AggregatingSink(Shard shard) : IKvmEventSink
         Count(KvmEventKind.Cpuid, context, NoVcpu, MetricFamily.Cpuid, record.Function);
 
     public void OnEmulateInsn(in EventContext context, in EmulateInsnRecord record) =>
-        Count(KvmEventKind.EmulateInsn, context, NoVcpu, MetricFamily.EmulatedInstructions, record.Failed ? 1u : 0u);
+        Count(KvmEventKind.EmulateInsn, context, NoVcpu, MetricFamily.EmulatedInstructions, 0);
 
     public void OnInjectedException(in EventContext context, in InjectedExceptionRecord record) =>
         Count(KvmEventKind.InjectedException, context, NoVcpu, MetricFamily.InjectedExceptions, record.Vector);

@@ -17,7 +17,7 @@ public enum MetricFamily : byte
     Msr,
     /// <summary>Label1 = leaf.</summary>
     Cpuid,
-    /// <summary>Label1 = 1 when emulation failed.</summary>
+    /// <summary>No labels beyond VM and vCPU.</summary>
     EmulatedInstructions,
     /// <summary>Label1 = vector.</summary>
     InjectedExceptions,

@@ -68,6 +68,8 @@ public sealed class KvmEventDecoders
                 }
                 _minLengthByKind[(int)tp.Kind] = Math.Max(_commonLength, CreateDecoder(tp.Kind, format));
                 kindById[format.Id] = tp.Kind;
+                if (tp.Kind == KvmEventKind.UserspaceExit)
+                    UserspaceExitReasons = UserspaceExitReasonNames(format);
                 statuses.Add(new TracepointStatus(tp, true, format.Id, null));
             }
             catch (FormatMismatchException e)
@@ -86,6 +88,20 @@ public sealed class KvmEventDecoders
     }
 
     public IReadOnlyList<TracepointStatus> Statuses { get; }
+
+    /// <summary>KVM_EXIT_* names from kvm_userspace_exit's print fmt, without the prefix ("IO", "MMIO", "HLT").</summary>
+    public IReadOnlyDictionary<long, string> UserspaceExitReasons { get; private set; } = new Dictionary<long, string>();
+
+    private static Dictionary<long, string> UserspaceExitReasonNames(EventFormat format)
+    {
+        var names = new Dictionary<long, string>();
+        foreach (SymbolicTable table in PrintFormatParser.SymbolicTables(format.PrintFormat))
+        {
+            foreach ((long value, string name) in table.Names)
+                names[value] = name.StartsWith("KVM_EXIT_", StringComparison.Ordinal) ? name["KVM_EXIT_".Length..] : name;
+        }
+        return names;
+    }
 
     /// <summary>Exit reason names for the exposition (from kvm_exit's format, else built in).</summary>
     public ExitReasonTables ExitReasons { get; }

@@ -1,0 +1,113 @@
+using KvmObserve.Aggregation;
+using KvmObserve.Decoding.Events;
+using KvmObserve.Decoding.Format;
+using KvmObserve.Native;
+
+namespace KvmObserve.Sources.Tracefs;
+
+/// <summary>
+/// Streams kvm records through a private tracefs instance: enables every known tracepoint this kernel has, reads each
+/// CPU's trace_pipe_raw and parses the pages itself. Stop, Dispose and a crash all end with the instance removed (the
+/// last by the next start's stale clean-up).
+/// </summary>
+public sealed class TracefsSource : IEventSource
+{
+    private readonly TracefsSourceOptions _options;
+    private readonly Aggregator _aggregator;
+    private readonly List<CpuReader> _readers = new();
+    private TracefsInstance? _instance;
+    private SafeFd? _wake;
+    private List<TracepointState> _tracepoints = new();
+
+    public TracefsSource(TracefsSourceOptions options, Aggregator aggregator, string tracefsRoot)
+    {
+        _options = options;
+        _aggregator = aggregator;
+        Formats = new TracefsFormats(tracefsRoot);
+        Decoders = Formats.Decoders();
+    }
+
+    public string Name => "tracefs";
+
+    public TracefsFormats Formats { get; }
+
+    public KvmEventDecoders Decoders { get; }
+
+    public IReadOnlyList<TracepointState> Tracepoints => _tracepoints;
+
+    /// <summary>Names of stale instances removed at start.</summary>
+    public IReadOnlyList<string> RemovedStale { get; private set; } = [];
+
+    public IReadOnlyList<int> Cpus => _readers.Select(r => r.Cpu).ToList();
+
+    public long Wakeups => _readers.Sum(r => Interlocked.Read(ref r.Wakeups));
+
+    public void Start()
+    {
+        string? headerProblem = Formats.CheckEventHeader();
+        if (headerProblem is not null)
+            throw new NotSupportedException($"tracefs ring buffer layout not supported: {headerProblem}");
+        PageHeaderFormat layout = Formats.PageHeader();
+
+        RemovedStale = TracefsInstance.RemoveStale(Formats.Root);
+        _instance = TracefsInstance.Create(Formats.Root);
+        try
+        {
+            if (_options.BufferSizeKb > 0)
+                _instance.SetBufferSizeKb(_options.BufferSizeKb);
+            var states = new List<TracepointState>();
+            foreach (TracepointStatus status in Decoders.Statuses)
+            {
+                bool wanted = status.Available && !_options.Disabled.Contains(status.Tracepoint.FullName);
+                bool enabled = wanted && _instance.Enable(status.Tracepoint.System, status.Tracepoint.Name);
+                states.Add(new TracepointState(status, enabled));
+            }
+            _tracepoints = states;
+
+            _wake = new SafeFd(Sys.EventFd());
+            IReadOnlyList<int> cpus = _instance.Cpus();
+            foreach (int cpu in cpus)
+            {
+                if (cpu >= _aggregator.Shards.Count)
+                    throw new InvalidOperationException($"cpu{cpu} has no shard ({_aggregator.Shards.Count} shards)");
+                _readers.Add(new CpuReader(cpu, _instance.PipeRawPath(cpu), _wake, layout, Decoders,
+                    _aggregator.Shards[cpu], _options.PollTimeoutMs));
+            }
+            foreach (CpuReader r in _readers)
+                r.Start();
+        }
+        catch
+        {
+            Stop();
+            throw;
+        }
+    }
+
+    /// <summary>Reader failures so far (a reader that failed has stopped).</summary>
+    public IEnumerable<(int Cpu, Exception Error)> Failures =>
+        _readers.Where(r => r.Failure is not null).Select(r => (r.Cpu, r.Failure!));
+
+    public void Stop()
+    {
+        if (_instance is null)
+            return;
+        try
+        {
+            _instance.StopRecording();
+        }
+        catch (IOException) { }
+        foreach (CpuReader r in _readers)
+            r.RequestStop();
+        if (_wake is not null)
+            Sys.Write(_wake, BitConverter.GetBytes(1UL));
+        foreach (CpuReader r in _readers)
+            r.Join();
+        _readers.Clear();
+        _wake?.Dispose();
+        _wake = null;
+        _instance.Dispose();
+        _instance = null;
+    }
+
+    public void Dispose() => Stop();
+}
