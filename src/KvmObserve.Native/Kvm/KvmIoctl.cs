@@ -24,6 +24,7 @@ public static class KvmIoctl
     public static readonly ulong SetMsrs = IoctlNumber.Iow(Kvmio, 0x89, 8);
     public static readonly ulong GetLapic = IoctlNumber.Ior(Kvmio, 0x8e, LapicStateSize);
     public static readonly ulong SetLapic = IoctlNumber.Iow(Kvmio, 0x8f, LapicStateSize);
+    public static readonly ulong SetMpState = IoctlNumber.Iow(Kvmio, 0x99, sizeof(uint)); // struct kvm_mp_state
     public static readonly ulong SetCpuid2 = IoctlNumber.Iow(Kvmio, 0x90, 8);
     public static readonly ulong SignalMsi = IoctlNumber.Iow(Kvmio, 0xa5, Unsafe.SizeOf<KvmMsi>());
 
@@ -31,4 +32,7 @@ public static class KvmIoctl
     public const int LapicStateSize = 0x400;
 
     public const int ApiVersion = 12;
+
+    /// <summary>KVM_MP_STATE_RUNNABLE: with an in-kernel irqchip, vCPUs other than 0 otherwise wait for INIT/SIPI.</summary>
+    public const uint MpStateRunnable = 0;
 }

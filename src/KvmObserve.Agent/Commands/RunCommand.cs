@@ -1,0 +1,130 @@
+using System.CommandLine;
+using System.Globalization;
+using KvmObserve.Agent.Hosting;
+using KvmObserve.Aggregation;
+using KvmObserve.Aggregation.Discovery;
+using KvmObserve.Exposition;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace KvmObserve.Agent.Commands;
+
+/// <summary>`kvmobserve run` (the default): the agent.</summary>
+internal static class RunCommand
+{
+    public static readonly Option<string> Listen = new("--listen")
+    {
+        Description = $"HOST:PORT for /metrics (default {AgentOptionsDefaults.Listen})",
+        DefaultValueFactory = _ => AgentOptionsDefaults.Listen,
+    };
+
+    public static readonly Option<string> Source = new("--source")
+    {
+        Description = "Where events come from: tracefs",
+        DefaultValueFactory = _ => AgentOptionsDefaults.Source,
+    };
+
+    public static readonly Option<int> SeriesLimit = new("--series-limit")
+    {
+        Description = "Series per reader before events go to the overflow series",
+        DefaultValueFactory = _ => AgentOptionsDefaults.SeriesLimit,
+    };
+
+    public static readonly Option<int> BufferKb = new("--buffer-kb")
+    {
+        Description = "Per-CPU ring buffer size of the tracefs instance in KiB (0: the kernel's default)",
+        DefaultValueFactory = _ => 0,
+    };
+
+    public static Command Create()
+    {
+        var command = new Command("run", "Run the agent: read kvm tracepoints and serve /metrics") { Listen, Source, SeriesLimit, BufferKb };
+        command.SetAction((parse, ct) => RunAsync(Bind(parse), ct));
+        return command;
+    }
+
+    public static void AddTo(RootCommand root)
+    {
+        root.Options.Add(Listen);
+        root.Options.Add(Source);
+        root.Options.Add(SeriesLimit);
+        root.Options.Add(BufferKb);
+        root.SetAction((parse, ct) => RunAsync(Bind(parse), ct));
+    }
+
+    private static AgentOptions? Bind(ParseResult parse)
+    {
+        try
+        {
+            return new AgentOptions
+            {
+                Listen = AgentOptions.ParseListen(parse.GetValue(Listen)!),
+                Source = AgentOptions.ParseSource(parse.GetValue(Source)!),
+                SeriesLimit = AgentOptions.Positive("--series-limit", parse.GetValue(SeriesLimit)),
+                BufferSizeKb = parse.GetValue(BufferKb) >= 0 ? parse.GetValue(BufferKb)
+                    : throw new OptionException("--buffer-kb: must be 0 or a positive number of KiB"),
+            };
+        }
+        catch (OptionException e)
+        {
+            Console.Error.WriteLine($"kvmobserve: {e.Message}");
+            return null;
+        }
+    }
+
+    private static async Task<int> RunAsync(AgentOptions? options, CancellationToken cancellationToken)
+    {
+        if (options is null)
+            return 2;
+        WebApplicationBuilder builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.Logging.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss "; });
+        builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
+        builder.WebHost.ConfigureKestrel(k => k.Listen(options.Listen));
+        builder.Services.AddSingleton(options);
+        builder.Services.AddSingleton(new VmRegistry());
+        builder.Services.AddSingleton(sp => new Aggregator(CpuTopology.PossibleCpus(), options.SeriesLimit, sp.GetRequiredService<VmRegistry>()));
+        builder.Services.AddSingleton<SourceService>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<SourceService>());
+        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(5));
+
+        WebApplication app = builder.Build();
+        SourceService source = app.Services.GetRequiredService<SourceService>();
+        app.MapGet("/metrics", async (HttpContext http) =>
+        {
+            ExpositionContext? context = source.Context;
+            if (context is null)
+            {
+                http.Response.StatusCode = StatusCodes.Status503ServiceUnavailable;
+                return;
+            }
+            http.Response.ContentType = PrometheusTextWriter.ContentType;
+            MetricsRenderer.Render(http.Response.BodyWriter, context);
+            await http.Response.BodyWriter.FlushAsync(http.RequestAborted);
+        });
+        app.MapGet("/healthz", (HttpContext http) => source.Context is null ? Results.StatusCode(503) : Results.Text("ok\n"));
+        app.MapGet("/", () => Results.Text("kvmobserve: see /metrics\n"));
+
+        try
+        {
+            await app.StartAsync(cancellationToken);
+        }
+        catch (Exception e) when (e is InvalidOperationException or IOException or NotSupportedException or UnauthorizedAccessException)
+        {
+            Console.Error.WriteLine($"kvmobserve: cannot start: {e.Message}");
+            await app.DisposeAsync();
+            return 1;
+        }
+        Log.Listening(app.Services.GetRequiredService<ILogger<SourceService>>(),
+            options.Listen.ToString());
+        await app.WaitForShutdownAsync(cancellationToken);
+        await app.DisposeAsync();
+        return 0;
+    }
+
+    internal static string Invariant(int v) => v.ToString(CultureInfo.InvariantCulture);
+}

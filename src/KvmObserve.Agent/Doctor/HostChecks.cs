@@ -1,0 +1,127 @@
+using KvmObserve.Aggregation;
+using KvmObserve.Aggregation.Discovery;
+using KvmObserve.Decoding.Events;
+using KvmObserve.Native;
+using KvmObserve.Native.Kvm;
+using KvmObserve.Sources;
+using KvmObserve.Sources.Tracefs;
+using KvmObserve.Workload;
+
+namespace KvmObserve.Agent.Doctor;
+
+/// <summary>What this host supports, checked for real: each check touches the kernel feature it reports on.</summary>
+internal static class HostChecks
+{
+    public static IEnumerable<Finding> Run(bool probe)
+    {
+        string? root = TracefsLocator.Find(mountIfNeeded: true, out string? problem);
+        yield return root is null
+            ? new Finding(Verdict.Fail, "tracefs", problem!, "the tracefs source cannot run (needs root or CAP_SYS_ADMIN to mount)")
+            : new Finding(Verdict.Ok, "tracefs", $"mounted at {root}", "");
+
+        foreach (Finding f in Kvm())
+            yield return f;
+        yield return Lockdown();
+
+        if (root is null)
+            yield break;
+        foreach (Finding f in Tracepoints(root, probe))
+            yield return f;
+
+        var formats = new TracefsFormats(root);
+        int pioId = formats.Event(TracepointCatalog.All.First(t => t.Kind == KvmEventKind.Pio))?.Id ?? -1;
+        int perf = pioId < 0 ? Errno.ENOENT : KernelProbes.TryPerfTracepoint(pioId);
+        yield return perf == 0
+            ? new Finding(Verdict.Ok, "perf_event_open", "a kvm tracepoint counter opened", "perf sources can run")
+            : new Finding(Verdict.Warn, "perf_event_open", KernelProbes.ErrorText(perf), "perf sources cannot run (needs CAP_PERFMON or perf_event_paranoid <= -1)");
+        int bpf = KernelProbes.TryBpfMap();
+        yield return bpf == 0
+            ? new Finding(Verdict.Ok, "bpf", "a BPF map was created", "in-kernel aggregation is possible")
+            : new Finding(Verdict.Warn, "bpf", KernelProbes.ErrorText(bpf), "no in-kernel aggregation (needs CAP_BPF and CAP_PERFMON)");
+    }
+
+    private static IEnumerable<Finding> Kvm()
+    {
+        if (!File.Exists("/dev/kvm"))
+        {
+            yield return new Finding(Verdict.Fail, "/dev/kvm", "absent", "no VMs can run on this host; `load` cannot run");
+            yield break;
+        }
+        string api;
+        try
+        {
+            using SafeFd kvm = Sys.Open("/dev/kvm", write: true);
+            api = $"API version {Sys.Ioctl(kvm, KvmIoctl.GetApiVersion, 0, "KVM_GET_API_VERSION")}";
+        }
+        catch (NativeErrorException e)
+        {
+            api = e.Message;
+        }
+        string cpuinfo = File.Exists("/proc/cpuinfo") ? File.ReadAllText("/proc/cpuinfo") : "";
+        bool vmx = cpuinfo.Contains(" vmx", StringComparison.Ordinal), svm = cpuinfo.Contains(" svm", StringComparison.Ordinal);
+        string modules = File.Exists("/proc/modules") ? File.ReadAllText("/proc/modules") : "";
+        string backend = vmx ? "vmx (Intel VT-x)" : svm ? "svm (AMD-V)" : "neither vmx nor svm";
+        string module = string.Join(",", new[] { "kvm_intel", "kvm_amd", "kvm_pvm" }.Where(m => modules.Contains(m + " ", StringComparison.Ordinal)));
+        yield return new Finding(Verdict.Ok, "/dev/kvm", $"{api}; backend {backend}{(module.Length > 0 ? $" (module {module})" : "")}",
+            vmx || svm ? "" : "software KVM: kvm_exit and kvm_entry never fire here, exit counts come from the events that do");
+    }
+
+    private static Finding Lockdown()
+    {
+        const string path = "/sys/kernel/security/lockdown";
+        if (!File.Exists(path))
+            return new Finding(Verdict.Info, "lockdown", "not reported", "");
+        string mode = File.ReadAllText(path).Trim();
+        bool on = !mode.Contains("[none]", StringComparison.Ordinal);
+        return new Finding(on ? Verdict.Info : Verdict.Ok, "lockdown", mode,
+            on ? "debugfs KVM stats and kprobes are unavailable; tracepoints, perf and BPF tracepoint programs still work" : "");
+    }
+
+    private static IEnumerable<Finding> Tracepoints(string root, bool probe)
+    {
+        var aggregator = new Aggregator(64, 4096, new VmRegistry());
+        var source = new TracefsSource(new TracefsSourceOptions { PollTimeoutMs = 20, MountIfNeeded = false }, aggregator, root);
+        Exception? failure = null;
+        try
+        {
+            source.Start();
+            if (probe && File.Exists("/dev/kvm"))
+            {
+                VmRunner.Run(new LoadOptions
+                {
+                    Modes = LoadMode.Pio | LoadMode.Mmio | LoadMode.Msr | LoadMode.Cpuid | LoadMode.Hlt | LoadMode.Touch,
+                    Vcpus = 1, Count = 200, Name = "doctor-probe",
+                }, "doctor-probe");
+            }
+        }
+        catch (Exception e) when (e is IOException or InvalidOperationException or NotSupportedException or UnauthorizedAccessException)
+        {
+            failure = e;
+        }
+        finally
+        {
+            source.Stop();
+        }
+        if (failure is not null)
+        {
+            yield return new Finding(Verdict.Fail, "tracefs instance", failure.Message, "the tracefs source cannot run");
+            yield break;
+        }
+        yield return new Finding(Verdict.Ok, "tracefs instance", "a private instance was created, enabled and removed", "");
+        foreach (TracepointState t in source.Tracepoints)
+        {
+            long seen = aggregator.Shards.Sum(s => s.EventsOf(t.Status.Tracepoint.Kind));
+            string name = t.Status.Tracepoint.FullName;
+            if (!t.Status.Available)
+                yield return new Finding(Verdict.Info, name, t.Status.Problem ?? "unavailable", "its metrics stay empty");
+            else if (!probe)
+                yield return new Finding(Verdict.Ok, name, $"exists (id {t.Status.Id}), enabled={t.Enabled}", "");
+            else if (seen > 0)
+                yield return new Finding(Verdict.Ok, name, $"exists, enabled, seen firing ({seen} in the probe)", "");
+            else
+                yield return new Finding(Verdict.Info, name, "exists, enabled, did not fire in the probe",
+                    t.Status.Tracepoint.Kind is KvmEventKind.Exit or KvmEventKind.Entry or KvmEventKind.PageFault
+                        ? "expected where KVM runs without vmx/svm" : "the probe's micro-VM does not drive it");
+        }
+    }
+}

@@ -1,0 +1,28 @@
+using Microsoft.Extensions.Logging;
+
+namespace KvmObserve.Agent.Hosting;
+
+/// <summary>The agent's log lines, with stable event ids (source-generated).</summary>
+internal static partial class Log
+{
+    [LoggerMessage(1, LogLevel.Information, "Source {Source} started: {Enabled} of {Known} tracepoints enabled on {Cpus} CPUs (tracefs at {Root})")]
+    public static partial void SourceStarted(ILogger logger, string source, int enabled, int known, int cpus, string root);
+
+    [LoggerMessage(2, LogLevel.Warning, "Removed tracefs instance {Instance} left behind by an earlier run that did not stop cleanly")]
+    public static partial void StaleInstanceRemoved(ILogger logger, string instance);
+
+    [LoggerMessage(3, LogLevel.Information, "Tracepoint {Tracepoint} not used: {Reason}")]
+    public static partial void TracepointUnavailable(ILogger logger, string tracepoint, string reason);
+
+    [LoggerMessage(4, LogLevel.Information, "Source {Source} stopped; kernel state removed")]
+    public static partial void SourceStopped(ILogger logger, string source);
+
+    [LoggerMessage(5, LogLevel.Error, "Reader of cpu{Cpu} failed: {Message}")]
+    public static partial void ReaderFailed(ILogger logger, int cpu, string message);
+
+    [LoggerMessage(6, LogLevel.Information, "Serving /metrics on http://{Endpoint}/metrics")]
+    public static partial void Listening(ILogger logger, string endpoint);
+
+    [LoggerMessage(7, LogLevel.Warning, "Exit reason names come from the built-in table: this kernel's kvm_exit format has none")]
+    public static partial void BuiltInExitReasons(ILogger logger);
+}

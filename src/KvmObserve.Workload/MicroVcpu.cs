@@ -1,0 +1,139 @@
+using System.Globalization;
+using KvmObserve.Native;
+using KvmObserve.Native.Kvm;
+
+namespace KvmObserve.Workload;
+
+/// <summary>One vCPU of a <see cref="MicroVm"/>, run by the thread that calls <see cref="RunPhase"/>.</summary>
+internal sealed unsafe class MicroVcpu : IDisposable
+{
+    private const uint MsrApicBase = 0x1b;
+    private const ulong ApicBaseX2Apic = 0xfee00c00; // base 0xfee00000 | enable | x2APIC
+    private const ulong ApicBaseBsp = 0x100;
+    private const int LapicSpuriousVector = 0xf0;
+
+    private readonly MicroVm _vm;
+    private readonly SafeFd _fd;
+    private readonly MappedRegion _run;
+
+    public MicroVcpu(MicroVm vm, int index)
+    {
+        _vm = vm;
+        Index = index;
+        _fd = new SafeFd(Sys.Ioctl(vm.VmFd, KvmIoctl.CreateVcpu, index, $"KVM_CREATE_VCPU({index})"));
+        _run = MappedRegion.Shared(_fd, (nuint)vm.VcpuMmapSize, writable: true);
+        fixed (byte* cpuid = vm.SupportedCpuid)
+            Sys.Ioctl(_fd, KvmIoctl.SetCpuid2, (nint)cpuid, "KVM_SET_CPUID2");
+        if (vm.HasIrqchip)
+            EnableX2Apic();
+    }
+
+    public int Index { get; }
+
+    private void EnableX2Apic()
+    {
+        byte* msrs = stackalloc byte[8 + sizeof(KvmMsrEntry)];
+        *(uint*)msrs = 1;
+        ulong apicBase = ApicBaseX2Apic | (Index == 0 ? ApicBaseBsp : 0);
+        *(KvmMsrEntry*)(msrs + 8) = new KvmMsrEntry { Index = MsrApicBase, Data = apicBase };
+        if (Sys.Ioctl(_fd, KvmIoctl.SetMsrs, (nint)msrs, "KVM_SET_MSRS(APIC_BASE)") != 1)
+            throw new InvalidOperationException("KVM refused the x2APIC base MSR");
+        byte* lapic = stackalloc byte[KvmIoctl.LapicStateSize];
+        Sys.Ioctl(_fd, KvmIoctl.GetLapic, (nint)lapic, "KVM_GET_LAPIC");
+        *(uint*)(lapic + LapicSpuriousVector) = 0x1ff; // APIC software-enabled, spurious vector 0xff
+        Sys.Ioctl(_fd, KvmIoctl.SetLapic, (nint)lapic, "KVM_SET_LAPIC");
+        uint mpState = KvmIoctl.MpStateRunnable;
+        Sys.Ioctl(_fd, KvmIoctl.SetMpState, (nint)(&mpState), "KVM_SET_MP_STATE");
+    }
+
+    /// <summary>Loads <paramref name="program"/> and runs it to the doorbell, counting every exit into the report.</summary>
+    public void RunPhase(byte[] program, bool user, VcpuReport report)
+    {
+        ulong rip = GuestLayout.ProgramAddress(Index);
+        program.CopyTo(_vm.Memory[(int)rip..]);
+        SetSegments(user);
+        var regs = new KvmRegs
+        {
+            Rip = rip,
+            Rsp = GuestLayout.StackTop(Index),
+            Rflags = 0x2,
+            R15 = GuestLayout.InterruptCounter(Index),
+        };
+        Sys.Ioctl(_fd, KvmIoctl.SetRegs, (nint)(&regs), "KVM_SET_REGS");
+
+        byte* run = _run.Pointer;
+        while (true)
+        {
+            int r = Sys.TryIoctl(_fd, KvmIoctl.Run, 0);
+            if (r == -Errno.EINTR || r == -Errno.EAGAIN)
+            {
+                VcpuReport.Add(report.UserspaceExits, "restart", 1);
+                continue;
+            }
+            if (r < 0)
+                throw new NativeErrorException("KVM_RUN", -r);
+            uint reason = *(uint*)(run + KvmRunLayout.ExitReasonOffset);
+            switch (reason)
+            {
+                case KvmExitReason.Io:
+                {
+                    VcpuReport.Add(report.UserspaceExits, "IO", 1);
+                    ushort port = *(ushort*)(run + KvmRunLayout.IoPort);
+                    bool output = run[KvmRunLayout.IoDirection] == 1;
+                    VcpuReport.Add(report.Pio, $"0x{port:x}/{(output ? "out" : "in")}", 1);
+                    break;
+                }
+                case KvmExitReason.Mmio:
+                {
+                    VcpuReport.Add(report.UserspaceExits, "MMIO", 1);
+                    ulong gpa = *(ulong*)(run + KvmRunLayout.MmioPhysAddr);
+                    bool write = run[KvmRunLayout.MmioIsWrite] != 0;
+                    VcpuReport.Add(report.Mmio, $"0x{gpa & ~0xfffUL:x}/{(write ? "write" : "read")}", 1);
+                    if ((gpa & ~0xfffUL) == GuestLayout.Doorbell)
+                        return;
+                    break;
+                }
+                case KvmExitReason.Hlt:
+                    VcpuReport.Add(report.UserspaceExits, "HLT", 1);
+                    return;
+                default:
+                    VcpuReport.Add(report.UserspaceExits, reason.ToString(CultureInfo.InvariantCulture), 1);
+                    throw new InvalidOperationException(
+                        $"vCPU {Index}: unexpected exit {reason} (suberror {*(uint*)(run + KvmRunLayout.InternalSuberror)})");
+            }
+        }
+    }
+
+    private void SetSegments(bool user)
+    {
+        KvmSregs sregs;
+        Sys.Ioctl(_fd, KvmIoctl.GetSregs, (nint)(&sregs), "KVM_GET_SREGS");
+        KvmSegment code = Segment(user ? GuestLayout.UserCs : GuestLayout.KernelCs, type: 0xb, user, longMode: true);
+        KvmSegment data = Segment(user ? GuestLayout.UserDs : GuestLayout.KernelDs, type: 0x3, user, longMode: false);
+        sregs.Cs = code;
+        sregs.Ds = sregs.Es = sregs.Fs = sregs.Gs = sregs.Ss = data;
+        sregs.Tr = new KvmSegment
+        {
+            Base = GuestLayout.Tss, Limit = 0x67, Selector = GuestLayout.TssSelector, Type = 0xb, Present = 1,
+        };
+        sregs.Gdt = new KvmDtable { Base = GuestLayout.Gdt, Limit = GuestLayout.GdtLimit };
+        sregs.Idt = new KvmDtable { Base = GuestLayout.Idt, Limit = 256 * 16 - 1 };
+        sregs.Cr0 = 0x80050033;
+        sregs.Cr3 = GuestLayout.Pml4;
+        sregs.Cr4 = 0x620;
+        sregs.Efer = 0xd01;
+        Sys.Ioctl(_fd, KvmIoctl.SetSregs, (nint)(&sregs), "KVM_SET_SREGS");
+    }
+
+    private static KvmSegment Segment(ushort selector, byte type, bool user, bool longMode) => new()
+    {
+        Base = 0, Limit = 0xffffffff, Selector = selector, Type = type, Present = 1, Dpl = (byte)(user ? 3 : 0),
+        Db = (byte)(longMode ? 0 : 1), S = 1, L = (byte)(longMode ? 1 : 0), G = 1,
+    };
+
+    public void Dispose()
+    {
+        _run.Dispose();
+        _fd.Dispose();
+    }
+}

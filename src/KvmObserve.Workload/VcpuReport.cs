@@ -1,0 +1,38 @@
+namespace KvmObserve.Workload;
+
+/// <summary>What one vCPU did, counted exactly: exits the VMM saw in kvm_run, and what the guest programs are
+/// built to do in the kernel (MSR and CPUID exits never reach the VMM).</summary>
+public sealed class VcpuReport
+{
+    public int Vcpu { get; init; }
+    public int Tid { get; init; }
+
+    /// <summary>"0x3f8/out" → count.</summary>
+    public SortedDictionary<string, long> Pio { get; } = new(StringComparer.Ordinal);
+
+    /// <summary>"0xd0000000/write" → count (by 4 KiB page).</summary>
+    public SortedDictionary<string, long> Mmio { get; } = new(StringComparer.Ordinal);
+
+    /// <summary>"0x10/read" → count.</summary>
+    public SortedDictionary<string, long> Msr { get; } = new(StringComparer.Ordinal);
+
+    /// <summary>"0x0" → count.</summary>
+    public SortedDictionary<string, long> Cpuid { get; } = new(StringComparer.Ordinal);
+
+    /// <summary>Returns of KVM_RUN by KVM_EXIT name ("IO", "MMIO", "HLT"), or "restart" for EINTR.</summary>
+    public SortedDictionary<string, long> UserspaceExits { get; } = new(StringComparer.Ordinal);
+
+    public long Halts { get; set; }
+    public long Interrupts { get; set; }
+    public long PagesTouched { get; set; }
+
+    internal static void Add(SortedDictionary<string, long> map, string key, long n) =>
+        map[key] = map.GetValueOrDefault(key) + n;
+}
+
+public sealed class VmReport
+{
+    public required string Name { get; init; }
+    public required int Pid { get; init; }
+    public List<VcpuReport> Vcpus { get; } = new();
+}

@@ -1,0 +1,115 @@
+using System.Diagnostics;
+using System.Globalization;
+using KvmObserve.Native;
+
+namespace KvmObserve.Workload;
+
+/// <summary>Runs one VM in this process: M vCPU threads, named "CPU N/KVM" as QEMU names them, each running every
+/// selected mode's program in turn.</summary>
+public static class VmRunner
+{
+    private static readonly LoadMode[] Order =
+        [LoadMode.Pio, LoadMode.Mmio, LoadMode.Msr, LoadMode.Cpuid, LoadMode.Hlt, LoadMode.Touch];
+
+    public static VmReport Run(LoadOptions options, string name)
+    {
+        ulong touchSlice = AlignUp((ulong)options.Count * 4096 + 0x200000, 0x200000);
+        ulong memory = GuestLayoutEnd(options, touchSlice);
+        using var vm = new MicroVm(memory, irqchip: options.Modes.HasFlag(LoadMode.Hlt));
+        var vcpus = new MicroVcpu[options.Vcpus];
+        for (int i = 0; i < vcpus.Length; i++)
+            vcpus[i] = new MicroVcpu(vm, i);
+
+        var report = new VmReport { Name = name, Pid = Environment.ProcessId };
+        var threads = new Thread[vcpus.Length];
+        var reports = new VcpuReport[vcpus.Length];
+        Exception? failure = null;
+        var stopwatch = Stopwatch.StartNew();
+        for (int i = 0; i < vcpus.Length; i++)
+        {
+            int index = i;
+            threads[i] = new Thread(() =>
+            {
+                try
+                {
+                    Sys.SetCurrentThreadName($"CPU {index}/KVM");
+                    if (options.Pin)
+                        Sys.PinCurrentThread(index % Environment.ProcessorCount);
+                    reports[index] = new VcpuReport { Vcpu = index, Tid = Sys.Gettid() };
+                    RunVcpu(vm, vcpus[index], options, touchSlice, reports[index], stopwatch);
+                }
+                catch (Exception e)
+                {
+                    failure ??= e;
+                }
+            });
+            threads[i].Start();
+        }
+        foreach (Thread t in threads)
+            t.Join();
+        foreach (MicroVcpu v in vcpus)
+            v.Dispose();
+        if (failure is not null)
+            throw new InvalidOperationException($"VM {name}: {failure.Message}", failure);
+        report.Vcpus.AddRange(reports);
+        return report;
+    }
+
+    private static void RunVcpu(MicroVm vm, MicroVcpu vcpu, LoadOptions options, ulong touchSlice, VcpuReport report,
+        Stopwatch stopwatch)
+    {
+        ulong touchBase = GuestLayout.TouchBase + (ulong)vcpu.Index * touchSlice;
+        bool touchedOnce = false;
+        do
+        {
+            foreach (LoadMode mode in Order)
+            {
+                if (!options.Modes.HasFlag(mode))
+                    continue;
+                if (mode == LoadMode.Touch && touchedOnce)
+                    continue; // pages are fresh only once
+                byte[] program = GuestPrograms.Build(mode, options.Count, touchBase, options.TimerPeriodNs);
+                vcpu.RunPhase(program, user: mode == LoadMode.Touch, report);
+                Account(mode, options.Count, report);
+                touchedOnce |= mode == LoadMode.Touch;
+            }
+        }
+        while (options.Duration is TimeSpan d && stopwatch.Elapsed < d);
+        long interrupts = (long)vm.ReadGuestU64(GuestLayout.InterruptCounter(vcpu.Index));
+        report.Interrupts = interrupts;
+        if (interrupts > 0)
+            VcpuReport.Add(report.Msr, Key(GuestPrograms.X2ApicEoi, "write"), interrupts);
+    }
+
+    /// <summary>What a mode's program did inside the kernel, where the VMM cannot see it: known by construction.</summary>
+    private static void Account(LoadMode mode, uint count, VcpuReport report)
+    {
+        switch (mode)
+        {
+            case LoadMode.Msr:
+                VcpuReport.Add(report.Msr, Key(GuestPrograms.MsrRead, "read"), count);
+                VcpuReport.Add(report.Msr, Key(GuestPrograms.MsrWrite, "write"), count);
+                break;
+            case LoadMode.Cpuid:
+                VcpuReport.Add(report.Cpuid, "0x" + GuestPrograms.CpuidLeaf.ToString("x", CultureInfo.InvariantCulture), count);
+                break;
+            case LoadMode.Hlt:
+                report.Halts += count;
+                foreach ((uint msr, int writes) in GuestPrograms.HltSetupMsrWrites())
+                    VcpuReport.Add(report.Msr, Key(msr, "write"), writes);
+                break;
+            case LoadMode.Touch:
+                report.PagesTouched += count;
+                break;
+        }
+    }
+
+    private static string Key(uint msr, string direction) => $"0x{msr.ToString("x", CultureInfo.InvariantCulture)}/{direction}";
+
+    private static ulong GuestLayoutEnd(LoadOptions options, ulong touchSlice) =>
+        options.Modes.HasFlag(LoadMode.Touch)
+            ? GuestLayout.TouchBase + touchSlice * (ulong)options.Vcpus
+            : GuestLayout.TouchBase;
+
+    private static ulong AlignUp(ulong v, ulong a) => (v + a - 1) & ~(a - 1);
+}
