@@ -17,12 +17,15 @@ public sealed class Aggregator
     {
         _shards = new Shard[shardCount];
         for (int i = 0; i < shardCount; i++)
-            _shards[i] = new Shard(i, seriesLimitPerShard);
+            _shards[i] = new Shard(i, seriesLimitPerShard, NewSeries);
         _resolvedVersion = new int[shardCount];
         Registry = registry;
     }
 
     public IReadOnlyList<Shard> Shards => _shards;
+
+    /// <summary>Signalled when any shard adds a series: time to call <see cref="ResolveNewThreads"/>.</summary>
+    public AutoResetEvent NewSeries { get; } = new(false);
 
     public VmRegistry Registry { get; }
 

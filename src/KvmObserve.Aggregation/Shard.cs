@@ -16,10 +16,10 @@ public sealed class Shard
     private long _corruptPages;
     private long _bytesRead;
 
-    public Shard(int cpu, int seriesLimit)
+    public Shard(int cpu, int seriesLimit, EventWaitHandle? newSeriesSignal = null)
     {
         Cpu = cpu;
-        Series = new SeriesTable(seriesLimit);
+        Series = new SeriesTable(seriesLimit, newSeriesSignal);
     }
 
     public int Cpu { get; }

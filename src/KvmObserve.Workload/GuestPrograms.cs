@@ -42,11 +42,12 @@ internal static class GuestPrograms
                 a.MovEax(CpuidLeaf).XorEcx().Cpuid();
                 break;
             case LoadMode.Hlt:
-                // Three MSR writes arm a periodic timer; each loop halts until it fires.
-                a.MovEcx(X2ApicTimerDivide).MovEax(0xb).XorEdx().Wrmsr();                      // divide by 1
-                a.MovEcx(X2ApicLvtTimer).MovEax(0x20000u | GuestLayout.TimerVector).Wrmsr();  // periodic
-                a.MovEcx(X2ApicTimerInitialCount).MovEax(timerPeriodNs).Wrmsr();
+                // A one-shot timer armed right before each hlt: the interrupt cannot be pending when hlt starts (a
+                // periodic timer can fire while the vCPU is preempted, and then hlt does not block at all).
+                a.MovEcx(X2ApicTimerDivide).MovEax(0xb).XorEdx().Wrmsr();                 // divide by 1
+                a.MovEcx(X2ApicLvtTimer).MovEax(GuestLayout.TimerVector).Wrmsr();        // one-shot, unmasked
                 loop = a.Position;
+                a.MovEcx(X2ApicTimerInitialCount).MovEax(timerPeriodNs).XorEdx().Wrmsr();
                 a.Sti().Hlt().Cli();
                 a.DecEsiJnz(loop);
                 a.MovEcx(X2ApicLvtTimer).MovEax(0x10000u | GuestLayout.TimerVector).XorEdx().Wrmsr(); // mask it again
@@ -63,7 +64,7 @@ internal static class GuestPrograms
         return a.MovRdi(GuestLayout.Doorbell).StoreDwordAtRdi().JmpSelf().ToArray();
     }
 
-    /// <summary>MSR writes the hlt program makes besides the EOIs: divide, LVT (arm), initial count, LVT (mask).</summary>
-    public static IEnumerable<(uint Msr, int Writes)> HltSetupMsrWrites() =>
-        [(X2ApicTimerDivide, 1), (X2ApicLvtTimer, 2), (X2ApicTimerInitialCount, 1)];
+    /// <summary>MSR writes the hlt program makes besides the EOIs: divide, LVT (arm, mask), one initial count per halt.</summary>
+    public static IEnumerable<(uint Msr, long Writes)> HltMsrWrites(uint halts) =>
+        [(X2ApicTimerDivide, 1), (X2ApicLvtTimer, 2), (X2ApicTimerInitialCount, halts)];
 }

@@ -13,7 +13,7 @@ public enum LoadMode
     Msr = 4,
     /// <summary>cpuid leaf 0 at CPL0: kvm_cpuid each.</summary>
     Cpuid = 8,
-    /// <summary>sti; hlt with the in-kernel irqchip and the x2APIC timer: halt polling and kvm_vcpu_wakeup.</summary>
+    /// <summary>sti; hlt with the in-kernel irqchip, woken by a one-shot x2APIC timer: halt polling, kvm_vcpu_wakeup.</summary>
     Hlt = 16,
     /// <summary>One store per fresh 4 KiB page at CPL3 (shadow paging): kvmmmu spte events per page.</summary>
     Touch = 32,

@@ -95,7 +95,7 @@ public static class VmRunner
                 break;
             case LoadMode.Hlt:
                 report.Halts += count;
-                foreach ((uint msr, int writes) in GuestPrograms.HltSetupMsrWrites())
+                foreach ((uint msr, long writes) in GuestPrograms.HltMsrWrites(count))
                     VcpuReport.Add(report.Msr, Key(msr, "write"), writes);
                 break;
             case LoadMode.Touch:

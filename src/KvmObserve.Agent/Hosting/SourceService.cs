@@ -8,8 +8,8 @@ using Microsoft.Extensions.Logging;
 namespace KvmObserve.Agent.Hosting;
 
 /// <summary>
-/// Runs the event source for the lifetime of the host, and a housekeeping thread that names new threads (50 ms after
-/// their first event at most, while their VMs still run) and rescans procfs for VMs.
+/// Runs the event source for the lifetime of the host, and a housekeeping thread that names new threads as soon as their
+/// first series appears (while their VMs still run) and rescans procfs for VMs.
 /// </summary>
 internal sealed class SourceService(AgentOptions options, Aggregator aggregator, ILogger<SourceService> logger) : IHostedService
 {
@@ -63,7 +63,8 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
     {
         var reported = new HashSet<int>();
         DateTime nextScan = DateTime.UtcNow;
-        while (!_stop.Token.WaitHandle.WaitOne(50))
+        WaitHandle[] wake = [_stop.Token.WaitHandle, aggregator.NewSeries];
+        while (WaitHandle.WaitAny(wake, 250) != 0)
         {
             aggregator.ResolveNewThreads();
             if (DateTime.UtcNow >= nextScan)

@@ -115,7 +115,22 @@ public sealed class VmRegistry
             // A pid reused by a new VM: the old one's threads must be resolved again.
             foreach (int tid in _threads.Where(t => t.Value.Vm.Pid == pid && t.Value.Vm != vm).Select(t => t.Key).ToList())
                 _threads.Remove(tid);
+            // Name every thread now, while the process runs: a short-lived VM's other vCPU threads may be gone by
+            // the time their own first series is looked at.
+            foreach ((int tid, int vcpu) in ThreadsOf(procDir))
+                _threads[tid] = new ThreadIdentity(vm, vcpu);
             return vm;
+        }
+    }
+
+    private static IEnumerable<(int Tid, int Vcpu)> ThreadsOf(string procDir)
+    {
+        foreach (string task in SafeEnumerate(Path.Combine(procDir, "task")))
+        {
+            if (!int.TryParse(Path.GetFileName(task), NumberStyles.None, CultureInfo.InvariantCulture, out int tid))
+                continue;
+            string? comm = ReadText(Path.Combine(task, "comm"));
+            yield return (tid, comm is null ? -1 : ProcfsParsers.VcpuFromThreadName(comm) ?? -1);
         }
     }
 

@@ -13,8 +13,12 @@ public sealed class SeriesTable
     private int _count;
     private int _version;
 
-    public SeriesTable(int seriesLimit)
+    private readonly EventWaitHandle? _insertSignal;
+
+    /// <param name="insertSignal">Set whenever a series is added (rare), so a resolver can name new threads at once.</param>
+    public SeriesTable(int seriesLimit, EventWaitHandle? insertSignal = null)
     {
+        _insertSignal = insertSignal;
         if (seriesLimit < 1)
             throw new ArgumentOutOfRangeException(nameof(seriesLimit));
         SeriesLimit = seriesLimit;
@@ -56,6 +60,7 @@ public sealed class SeriesTable
         Volatile.Write(ref e.Used, 1);
         Volatile.Write(ref _count, _count + 1);
         Volatile.Write(ref _version, _version + 1);
+        _insertSignal?.Set();
         return ref e.Value;
     }
 

@@ -70,6 +70,10 @@ public sealed class TracefsInstance : IDisposable
     public void SetBufferSizeKb(int kb) =>
         File.WriteAllText(System.IO.Path.Combine(Path, "buffer_size_kb"), kb.ToString(CultureInfo.InvariantCulture));
 
+    /// <summary>How full (percent) a CPU buffer must be before poll wakes a reader; 0 wakes it on any data.</summary>
+    public void SetBufferPercent(int percent) =>
+        File.WriteAllText(System.IO.Path.Combine(Path, "buffer_percent"), percent.ToString(CultureInfo.InvariantCulture));
+
     /// <summary>Switches one event on in this instance. Returns false when the kernel does not have it.</summary>
     public bool Enable(string system, string eventName)
     {

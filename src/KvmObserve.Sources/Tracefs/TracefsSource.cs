@@ -55,6 +55,7 @@ public sealed class TracefsSource : IEventSource
         {
             if (_options.BufferSizeKb > 0)
                 _instance.SetBufferSizeKb(_options.BufferSizeKb);
+            _instance.SetBufferPercent(_options.BufferPercent);
             var states = new List<TracepointState>();
             foreach (TracepointStatus status in Decoders.Statuses)
             {
