@@ -1,0 +1,38 @@
+using KvmObserve.Aggregation.Discovery;
+
+namespace KvmObserve.Tests;
+
+public class ProcfsParserTests
+{
+    [Fact]
+    public void Tgid_and_start_time()
+    {
+        Assert.Equal(4612, ProcfsParsers.ParseTgid("Name:\tCPU 0/KVM\nUmask:\t0022\nState:\tR (running)\nTgid:\t4612\nNgid:\t0\nPid:\t4620\n"));
+        Assert.Null(ProcfsParsers.ParseTgid("Name:\tx\n"));
+        // comm may hold spaces and parentheses: fields are counted from the last ')'
+        string stat = "4620 (CPU 0/KVM) (x)) R 1 4612 4612 0 -1 4194624 26 0 0 0 0 0 0 0 20 0 3 0 987654 1000 10";
+        Assert.Equal(987654UL, ProcfsParsers.ParseStartTime(stat));
+    }
+
+    [Theory]
+    [InlineData("CPU 0/KVM", 0)]
+    [InlineData("CPU 12/KVM\n", 12)]
+    [InlineData("worker", null)]
+    [InlineData("CPU x/KVM", null)]
+    [InlineData("CPU 3/TCG", null)]
+    public void Vcpu_index_from_qemu_thread_names(string comm, int? vcpu) =>
+        Assert.Equal(vcpu, ProcfsParsers.VcpuFromThreadName(comm));
+
+    [Theory]
+    [InlineData("qemu-system-x86_64\0-name\0guest=web-1,debug-threads=on\0-uuid\0abcd\0", "web-1", "qemu", "abcd")]
+    [InlineData("/usr/bin/qemu-system-x86_64\0-name\0db,,primary,process=x\0", "db,primary", "qemu", "")]
+    [InlineData("/opt/kvmobserve\0load\0--vm-child\0--name\0t-0\0", "t-0", "kvmobserve-load", "")]
+    [InlineData("/usr/bin/dotnet\0/x/kvmobserve.dll\0load\0--name=t-1\0", "t-1", "kvmobserve-load", "")]
+    [InlineData("/usr/bin/firecracker\0--api-sock\0/tmp/s\0", "firecracker-77", "firecracker", "")]
+    public void Vm_names_from_command_lines(string cmdline, string name, string vmm, string uuid)
+    {
+        string comm = cmdline.Contains("firecracker") ? "firecracker" : cmdline.Contains("qemu") ? "qemu-system-x86" : "kvmobserve";
+        (string n, string v, string u) = ProcfsParsers.IdentifyVm(ProcfsParsers.SplitCmdline(cmdline), comm, 77);
+        Assert.Equal((name, vmm, uuid), (n, v, u));
+    }
+}
