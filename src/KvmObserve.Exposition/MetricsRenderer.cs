@@ -24,7 +24,7 @@ public static class MetricsRenderer
         (MetricFamily.EmulatedInstructions, "kvm_emulated_instructions_total", "Instructions run by KVM's emulator (kvm_emulate_insn)."),
         (MetricFamily.InjectedExceptions, "kvm_injected_exceptions_total", "Exceptions injected into the guest (kvm_inj_exception) by vector."),
         (MetricFamily.HaltWakeups, "kvm_halt_wakeups_total", "vCPU wake-ups from halt (kvm_vcpu_wakeup) by outcome."),
-        (MetricFamily.HaltPollNsChanges, "kvm_halt_poll_ns_changes_total", "Changes of a vCPU's halt-poll window (kvm_halt_poll_ns) by direction."),
+        (MetricFamily.HaltPollNsChanges, "kvm_halt_poll_changes_total", "Changes of a vCPU's halt-poll window (kvm_halt_poll_ns) by direction."),
         (MetricFamily.MmuPageFaults, "kvm_mmu_page_faults_total", "Guest page faults handled by KVM's MMU by kind."),
         (MetricFamily.MmuEvents, "kvm_mmu_events_total", "KVM MMU events (kvmmmu tracepoints) by event."),
     ];

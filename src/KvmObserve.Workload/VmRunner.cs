@@ -42,7 +42,7 @@ public static class VmRunner
                 {
                     failure ??= e;
                 }
-            });
+            }) { Name = $"CPU {index}/KVM" }; // named natively before it runs, as well as by prctl below
             threads[i].Start();
         }
         foreach (Thread t in threads)

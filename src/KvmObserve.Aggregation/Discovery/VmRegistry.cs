@@ -18,12 +18,15 @@ public sealed class VmRegistry
     /// <summary>The identity of a thread, reading procfs if it has not been resolved yet; Unknown when it is gone.</summary>
     public ThreadIdentity Resolve(int tid)
     {
+        ThreadIdentity? known;
         lock (_gate)
         {
-            if (_threads.TryGetValue(tid, out ThreadIdentity? known))
+            if (_threads.TryGetValue(tid, out known) && !NeedsVcpu(known))
                 return known;
         }
         ThreadIdentity? found = ReadThread(tid);
+        if (found is null && known is not null)
+            return known; // gone since: keep what was learnt
         lock (_gate)
         {
             if (found is null)
@@ -33,12 +36,15 @@ public sealed class VmRegistry
         }
     }
 
-    /// <summary>True when the thread has been resolved already (no procfs read).</summary>
+    /// <summary>True when the thread has been resolved and needs no second look.</summary>
     public bool IsKnown(int tid)
     {
         lock (_gate)
-            return _threads.ContainsKey(tid);
+            return _threads.TryGetValue(tid, out ThreadIdentity? known) && !NeedsVcpu(known);
     }
+
+    /// <summary>A thread seen before it named itself "CPU N/KVM" is looked at again while its VM runs.</summary>
+    private static bool NeedsVcpu(ThreadIdentity identity) => identity.Vcpu < 0 && identity.Vm.ExitedAt is null;
 
     public IReadOnlyList<VmInfo> Vms()
     {

@@ -1,0 +1,166 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+
+namespace KvmObserve.KernelTests;
+
+/// <summary>The real agent as a child process (`kvmobserve run`), on a free loopback port.</summary>
+public sealed partial class Agent : IDisposable
+{
+    private static readonly string Dll = Path.Combine(AppContext.BaseDirectory, "kvmobserve.dll");
+    private readonly Process _process;
+    private readonly HttpClient _http = new() { Timeout = TimeSpan.FromSeconds(10) };
+
+    private Agent(int port, params string[] extra)
+    {
+        Port = port;
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.ArgumentList.Add(Dll);
+        psi.ArgumentList.Add("run");
+        psi.ArgumentList.Add("--listen");
+        psi.ArgumentList.Add($"127.0.0.1:{port}");
+        foreach (string e in extra)
+            psi.ArgumentList.Add(e);
+        _process = Process.Start(psi)!;
+        _process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (Log) Log.Add(e.Data); };
+        _process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (Log) Log.Add(e.Data); };
+        _process.BeginOutputReadLine();
+        _process.BeginErrorReadLine();
+    }
+
+    public int Port { get; }
+    public int Pid => _process.Id;
+    public List<string> Log { get; } = new();
+
+    public static Agent Start(params string[] extra)
+    {
+        var agent = new Agent(FreePort(), extra);
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (DateTime.UtcNow < deadline)
+        {
+            if (agent._process.HasExited)
+                throw new InvalidOperationException($"agent exited with {agent._process.ExitCode}: {string.Join('\n', agent.Log)}");
+            try
+            {
+                if (agent._http.GetAsync($"http://127.0.0.1:{agent.Port}/healthz").Result.IsSuccessStatusCode)
+                    return agent;
+            }
+            catch (AggregateException) { }
+            Thread.Sleep(100);
+        }
+        agent.Dispose();
+        throw new TimeoutException("agent did not become healthy");
+    }
+
+    public string ScrapeText() => _http.GetStringAsync($"http://127.0.0.1:{Port}/metrics").Result;
+
+    public Metrics Scrape() => Metrics.Parse(ScrapeText());
+
+    /// <summary>Scrapes until <paramref name="done"/> holds (the readers may still be draining), then once more.</summary>
+    public Metrics ScrapeUntil(Func<Metrics, bool> done, TimeSpan? timeout = null)
+    {
+        var deadline = DateTime.UtcNow + (timeout ?? TimeSpan.FromSeconds(15));
+        Metrics m = Scrape();
+        while (!done(m) && DateTime.UtcNow < deadline)
+        {
+            Thread.Sleep(100);
+            m = Scrape();
+        }
+        Thread.Sleep(300);
+        return Scrape();
+    }
+
+    [LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static partial int Kill(int pid, int signal);
+
+    /// <summary>SIGTERM and wait; returns the exit code.</summary>
+    public int Stop()
+    {
+        Kill(_process.Id, 15);
+        if (!_process.WaitForExit(10_000))
+            throw new TimeoutException("agent did not stop within 10 s of SIGTERM");
+        return _process.ExitCode;
+    }
+
+    public void KillHard()
+    {
+        Kill(_process.Id, 9);
+        _process.WaitForExit();
+    }
+
+    public void Dispose()
+    {
+        if (!_process.HasExited)
+        {
+            Kill(_process.Id, 15);
+            if (!_process.WaitForExit(10_000))
+                _process.Kill();
+        }
+        _process.Dispose();
+        _http.Dispose();
+    }
+
+    private static int FreePort()
+    {
+        using var l = new TcpListener(IPAddress.Loopback, 0);
+        l.Start();
+        return ((IPEndPoint)l.LocalEndpoint).Port;
+    }
+
+    /// <summary>`kvmobserve load ...`, its JSON report parsed.</summary>
+    public static JsonElement Load(params string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.ArgumentList.Add(Dll);
+        psi.ArgumentList.Add("load");
+        foreach (string a in args)
+            psi.ArgumentList.Add(a);
+        using Process p = Process.Start(psi)!;
+        Task<string> stdout = p.StandardOutput.ReadToEndAsync();
+        Task<string> stderr = p.StandardError.ReadToEndAsync();
+        if (!p.WaitForExit(120_000))
+        {
+            p.Kill(entireProcessTree: true);
+            throw new TimeoutException("load did not finish in 120 s");
+        }
+        Assert.True(p.ExitCode == 0, $"load failed ({p.ExitCode}): {stderr.Result}");
+        return JsonDocument.Parse(stdout.Result).RootElement.Clone();
+    }
+}
+
+/// <summary>A parsed scrape: samples keyed by name and label set.</summary>
+public sealed partial class Metrics(List<(string Name, Dictionary<string, string> Labels, double Value)> samples)
+{
+    public List<(string Name, Dictionary<string, string> Labels, double Value)> Samples { get; } = samples;
+
+    public static Metrics Parse(string text)
+    {
+        var samples = new List<(string, Dictionary<string, string>, double)>();
+        foreach (string line in text.Split('\n'))
+        {
+            if (line.Length == 0 || line[0] == '#')
+                continue;
+            Match m = SampleLine().Match(line);
+            Assert.True(m.Success, $"unparsable line: {line}");
+            var labels = new Dictionary<string, string>();
+            foreach (Match l in LabelPair().Matches(m.Groups[2].Value))
+                labels[l.Groups[1].Value] = Regex.Unescape(l.Groups[2].Value);
+            samples.Add((m.Groups[1].Value, labels, double.Parse(m.Groups[3].Value, CultureInfo.InvariantCulture)));
+        }
+        return new Metrics(samples);
+    }
+
+    /// <summary>Sum of a family's samples whose labels include every given pair.</summary>
+    public double Sum(string name, params (string Label, string Value)[] match) =>
+        Samples.Where(s => s.Name == name && match.All(p => s.Labels.GetValueOrDefault(p.Label) == p.Value)).Sum(s => s.Value);
+
+    [GeneratedRegex(@"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")]
+    private static partial Regex SampleLine();
+
+    [GeneratedRegex(@"([a-zA-Z_][a-zA-Z0-9_]*)=""((?:[^""\\]|\\.)*)""")]
+    private static partial Regex LabelPair();
+}
