@@ -3,6 +3,8 @@ using KvmObserve.Decoding.Format;
 
 namespace KvmObserve.Tests;
 
+// Shared with the benchmarks (linked there): one encoder for tests and measurements.
+
 /// <summary>
 /// Test-side encoder of ring-buffer pages, written from kernel/trace/ring_buffer.c's writer rules: small records get
 /// type_len = ceil(len/4), larger ones type_len 0 with array[0] = len + 4; deltas over 27 bits need a time extend.

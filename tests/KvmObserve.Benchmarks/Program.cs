@@ -1,0 +1,3 @@
+using BenchmarkDotNet.Running;
+
+BenchmarkSwitcher.FromAssembly(typeof(KvmObserve.Benchmarks.DecodeAggregateBenchmark).Assembly).Run(args);
