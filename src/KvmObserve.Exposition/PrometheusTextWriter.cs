@@ -41,10 +41,7 @@ public sealed class PrometheusTextWriter(IBufferWriter<byte> output)
 
     public PrometheusTextWriter Label(string name, string value)
     {
-        Byte(_firstLabel ? (byte)'{' : (byte)',');
-        _firstLabel = false;
-        Ascii(name);
-        Ascii("=\"");
+        LabelStart(name);
         Escaped(value, escapeQuotes: true);
         Byte((byte)'"');
         return this;
@@ -52,13 +49,18 @@ public sealed class PrometheusTextWriter(IBufferWriter<byte> output)
 
     public PrometheusTextWriter Label(string name, long value)
     {
+        LabelStart(name);
+        Number(value);
+        Byte((byte)'"');
+        return this;
+    }
+
+    private void LabelStart(string name)
+    {
         Byte(_firstLabel ? (byte)'{' : (byte)',');
         _firstLabel = false;
         Ascii(name);
         Ascii("=\"");
-        Number(value);
-        Byte((byte)'"');
-        return this;
     }
 
     public void Value(long value)

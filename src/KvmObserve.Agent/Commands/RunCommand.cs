@@ -1,5 +1,4 @@
 using System.CommandLine;
-using System.Globalization;
 using KvmObserve.Agent.Hosting;
 using KvmObserve.Aggregation;
 using KvmObserve.Aggregation.Discovery;
@@ -125,6 +124,4 @@ internal static class RunCommand
         await app.DisposeAsync();
         return 0;
     }
-
-    internal static string Invariant(int v) => v.ToString(CultureInfo.InvariantCulture);
 }
