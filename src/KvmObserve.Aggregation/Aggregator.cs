@@ -29,6 +29,22 @@ public sealed class Aggregator
 
     public VmRegistry Registry { get; }
 
+    private volatile Action[] _refreshers = [];
+
+    /// <summary>Called at the start of every <see cref="Snapshot"/>: a counting source reads its counters then, so a
+    /// scrape sees counts of that moment.</summary>
+    public void AddRefresher(Action refresh)
+    {
+        lock (_resolveGate)
+            _refreshers = [.. _refreshers, refresh];
+    }
+
+    public void RemoveRefresher(Action refresh)
+    {
+        lock (_resolveGate)
+            _refreshers = _refreshers.Where(r => r != refresh).ToArray();
+    }
+
     /// <summary>True for families labelled per vCPU; the others are labelled per VM only.</summary>
     public static bool HasVcpuLabel(MetricFamily family) => family is MetricFamily.Exits or MetricFamily.FailedVmEntries
         or MetricFamily.UserspaceExits or MetricFamily.EmulatedInstructions or MetricFamily.HaltWakeups
@@ -57,6 +73,8 @@ public sealed class Aggregator
     /// <summary>Every series merged across shards, keyed by VM name (so a restarted VM continues its series).</summary>
     public IReadOnlyList<MergedSeries> Snapshot()
     {
+        foreach (Action refresh in _refreshers)
+            refresh();
         ResolveNewThreads();
         var merged = new Dictionary<MergeKey, long>();
         var merge = new Merger(Registry, merged);

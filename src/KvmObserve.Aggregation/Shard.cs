@@ -41,6 +41,9 @@ public sealed class Shard
 
     internal void CountEvent(KvmEventKind kind) => _eventsByKind[(int)kind]++;
 
+    /// <summary>For sources that learn counts in bulk (counters) rather than one record at a time.</summary>
+    public void AddEvents(KvmEventKind kind, long count) => _eventsByKind[(int)kind] += count;
+
     public void CountDecodeError(KvmEventKind kind) => _decodeErrorsByKind[(int)kind]++;
 
     public void CountLost(ulong count, bool exact)

@@ -1,4 +1,5 @@
 using KvmObserve.Aggregation;
+using KvmObserve.Decoding.Events;
 using KvmObserve.Decoding.Format;
 
 namespace KvmObserve.Exposition;
@@ -11,6 +12,13 @@ public sealed class ExpositionContext
     public required IReadOnlyList<TracepointRow> Tracepoints { get; init; }
     public required ExitReasonTables ExitReasons { get; init; }
     public required IReadOnlyDictionary<long, string> UserspaceExitReasons { get; init; }
+
+    /// <summary>What --source asked for (auto, tracefs, ...) and why <see cref="SourceName"/> was picked.</summary>
+    public string SourceRequested { get; init; } = "";
+    public string SourceReason { get; init; } = "";
+
+    /// <summary>Events the source counted but could not attribute to a VM, per kind.</summary>
+    public Func<KvmEventKind, long> Unattributed { get; init; } = static _ => 0;
 }
 
 /// <summary>One row of kvmobserve_tracepoint_info.</summary>

@@ -8,6 +8,11 @@ public static class LabelValues
 {
     public static string Hex(ulong value) => "0x" + value.ToString("x", CultureInfo.InvariantCulture);
 
+    /// <summary>A key label: hex, or "other" for what a counting source does not count one by one.</summary>
+    public static string Key(uint value) => value == MetricFamilies.OtherKey ? "other" : Hex(value);
+
+    public static string Page(ulong pageNumber) => pageNumber == MetricFamilies.OtherPage ? "other" : Hex(pageNumber << 12);
+
     public static string InOut(ulong write) => write != 0 ? "out" : "in";
 
     public static string ReadWrite(ulong write) => write != 0 ? "write" : "read";

@@ -67,30 +67,31 @@ public static class MetricsRenderer
         switch (s.Family)
         {
             case MetricFamily.Exits:
-                w.Label("isa", KvmIsa.Label((uint)s.Label2)).Label("reason", context.ExitReasons.Name((uint)s.Label2, s.Label1));
+                w.Label("isa", KvmIsa.Label((uint)s.Label2)).Label("reason", ExitReason(context, (uint)s.Label2, s.Label1));
                 break;
             case MetricFamily.FailedVmEntries:
-                w.Label("reason", context.ExitReasons.Name(KvmIsa.Vmx, s.Label1));
+                w.Label("reason", ExitReason(context, KvmIsa.Vmx, s.Label1));
                 break;
             case MetricFamily.UserspaceExits:
                 w.Label("reason", s.Label2 switch
                 {
+                    0 when s.Label1 == MetricFamilies.OtherKey => "other",
                     0 => context.UserspaceExitReasons.GetValueOrDefault(s.Label1) ?? s.Label1.ToString(CultureInfo.InvariantCulture),
                     1 => "restart",
                     _ => "error",
                 });
                 break;
             case MetricFamily.Pio:
-                w.Label("port", LabelValues.Hex(s.Label1)).Label("direction", LabelValues.InOut(s.Label2));
+                w.Label("port", LabelValues.Key(s.Label1)).Label("direction", LabelValues.InOut(s.Label2));
                 break;
             case MetricFamily.Mmio:
-                w.Label("gpa_page", LabelValues.Hex(s.Label2 << 12)).Label("direction", LabelValues.MmioDirection(s.Label1));
+                w.Label("gpa_page", LabelValues.Page(s.Label2)).Label("direction", LabelValues.MmioDirection(s.Label1));
                 break;
             case MetricFamily.Msr:
-                w.Label("msr", LabelValues.Hex(s.Label1)).Label("direction", LabelValues.ReadWrite(s.Label2));
+                w.Label("msr", LabelValues.Key(s.Label1)).Label("direction", LabelValues.ReadWrite(s.Label2));
                 break;
             case MetricFamily.Cpuid:
-                w.Label("leaf", LabelValues.Hex(s.Label1));
+                w.Label("leaf", LabelValues.Key(s.Label1));
                 break;
             case MetricFamily.InjectedExceptions:
                 w.Label("vector", LabelValues.Vector(s.Label1));
@@ -111,6 +112,9 @@ public static class MetricsRenderer
         w.Value(s.Value);
     }
 
+    private static string ExitReason(ExpositionContext context, uint isa, uint reason) =>
+        reason == MetricFamilies.OtherKey ? "other" : context.ExitReasons.Name(isa, reason);
+
     private static void WriteSelfMetrics(PrometheusTextWriter w, ExpositionContext context, int[] seriesPerFamily)
     {
         Aggregator aggregator = context.Aggregator;
@@ -127,6 +131,19 @@ public static class MetricsRenderer
             if (n > 0)
                 w.Begin("kvmobserve_events_total").Label("source", source).Label("event", TracepointCatalog.EventName(kind)).Value(n);
         }
+
+        w.Family("kvmobserve_events_unattributed_total", "counter",
+            "Events counted in the kernel that no attached thread accounts for (a counting source attaches to new threads after their first events).");
+        foreach (KvmEventKind kind in Enum.GetValues<KvmEventKind>())
+        {
+            long n = kind == KvmEventKind.None ? 0 : context.Unattributed(kind);
+            if (n > 0)
+                w.Begin("kvmobserve_events_unattributed_total").Label("source", source).Label("event", TracepointCatalog.EventName(kind)).Value(n);
+        }
+
+        w.Family("kvmobserve_source_info", "gauge", "The event source in use, what was asked for, and why it was picked.");
+        w.Begin("kvmobserve_source_info").Label("source", source).Label("requested", context.SourceRequested)
+            .Label("reason", context.SourceReason).Value(1L);
 
         w.Family("kvmobserve_events_lost_total", "counter", "Records the kernel dropped before the agent read them, by CPU.");
         foreach (Shard shard in aggregator.Shards)

@@ -11,6 +11,16 @@ public interface IEventSource : IDisposable
     /// <summary>Each known tracepoint: available on this kernel, and whether this source enabled it.</summary>
     IReadOnlyList<TracepointState> Tracepoints { get; }
 
+    /// <summary>The decoders built from this kernel's format files (and its exit reason tables).</summary>
+    KvmEventDecoders Decoders { get; }
+
+    /// <summary>Readers that failed (each has stopped); empty while all run.</summary>
+    IEnumerable<(int Cpu, Exception Error)> Failures => [];
+
+    /// <summary>Events the source knows happened but cannot attribute to a VM (a counting source's threads not yet
+    /// attached); 0 for record sources, which attribute every record.</summary>
+    long UnattributedOf(KvmEventKind kind) => 0;
+
     void Start();
 
     /// <summary>Stops reading, delivers what the kernel still buffers, and releases every kernel resource.</summary>

@@ -17,6 +17,10 @@ public sealed class LoadOptions
     /// <summary>APIC timer period of hlt mode: how long each halt lasts at most.</summary>
     public uint TimerPeriodNs { get; set; } = 200_000;
 
+    /// <summary>How long the vCPU threads, created and named, wait before the guest runs: time for an observer that
+    /// attaches per thread (perf-count, kvm_stat -p) to find them.</summary>
+    public TimeSpan StartDelay { get; set; }
+
     /// <summary>Pin vCPU v to CPU v % nproc (spreads 2 vCPUs over both cores).</summary>
     public bool Pin { get; set; }
 

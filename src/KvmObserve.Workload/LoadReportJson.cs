@@ -29,6 +29,7 @@ public static class LoadReportJson
             WriteMap(w, "cpuid", v.Cpuid);
             WriteMap(w, "userspace_exits", v.UserspaceExits);
             w.WriteNumber("halts", v.Halts);
+            WriteMap(w, "phase_ns", v.PhaseNs);
             w.WriteNumber("interrupts", v.Interrupts);
             w.WriteNumber("pages_touched", v.PagesTouched);
             w.WriteEndObject();

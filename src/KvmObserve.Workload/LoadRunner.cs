@@ -82,6 +82,8 @@ public static class LoadRunner
         Add(psi, "--timer-ns", o.TimerPeriodNs.ToString(CultureInfo.InvariantCulture));
         if (o.Duration is TimeSpan d)
             Add(psi, "--duration", d.TotalSeconds.ToString(CultureInfo.InvariantCulture));
+        if (o.StartDelay > TimeSpan.Zero)
+            Add(psi, "--start-delay-ms", ((long)o.StartDelay.TotalMilliseconds).ToString(CultureInfo.InvariantCulture));
         if (o.Pin)
             psi.ArgumentList.Add("--pin");
         return psi;

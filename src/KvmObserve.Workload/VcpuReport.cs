@@ -22,6 +22,9 @@ public sealed class VcpuReport
     /// <summary>Returns of KVM_RUN by KVM_EXIT name ("IO", "MMIO", "HLT"), or "restart" for EINTR.</summary>
     public SortedDictionary<string, long> UserspaceExits { get; } = new(StringComparer.Ordinal);
 
+    /// <summary>Wall time each mode's program ran on this vCPU, in ns ("pio" → ns): per-exit cost = ns / count.</summary>
+    public SortedDictionary<string, long> PhaseNs { get; } = new(StringComparer.Ordinal);
+
     public long Halts { get; set; }
     public long Interrupts { get; set; }
     public long PagesTouched { get; set; }

@@ -24,7 +24,8 @@ public static class VmRunner
         var threads = new Thread[vcpus.Length];
         var reports = new VcpuReport[vcpus.Length];
         Exception? failure = null;
-        var stopwatch = Stopwatch.StartNew();
+        using var go = new ManualResetEventSlim(false);
+        var stopwatch = new Stopwatch();
         for (int i = 0; i < vcpus.Length; i++)
         {
             int index = i;
@@ -36,6 +37,7 @@ public static class VmRunner
                     if (options.Pin)
                         Sys.PinCurrentThread(index % Environment.ProcessorCount);
                     reports[index] = new VcpuReport { Vcpu = index, Tid = Sys.Gettid() };
+                    go.Wait();
                     RunVcpu(vm, vcpus[index], options, touchSlice, reports[index], stopwatch);
                 }
                 catch (Exception e)
@@ -45,6 +47,10 @@ public static class VmRunner
             }) { Name = $"CPU {index}/KVM" }; // named natively before it runs, as well as by prctl below
             threads[i].Start();
         }
+        if (options.StartDelay > TimeSpan.Zero)
+            Thread.Sleep(options.StartDelay);
+        stopwatch.Start();
+        go.Set();
         foreach (Thread t in threads)
             t.Join();
         foreach (MicroVcpu v in vcpus)
@@ -69,7 +75,9 @@ public static class VmRunner
                 if (mode == LoadMode.Touch && touchedOnce)
                     continue; // pages are fresh only once
                 byte[] program = GuestPrograms.Build(mode, options.Count, touchBase, options.TimerPeriodNs);
+                long started = Stopwatch.GetTimestamp();
                 vcpu.RunPhase(program, user: mode == LoadMode.Touch, report);
+                VcpuReport.Add(report.PhaseNs, mode.ToString().ToLowerInvariant(), (long)Stopwatch.GetElapsedTime(started).TotalNanoseconds);
                 Account(mode, options.Count, report);
                 touchedOnce |= mode == LoadMode.Touch;
             }

@@ -16,12 +16,13 @@ internal static class LoadCommand
         var duration = new Option<double?>("--duration") { Description = "seconds: repeat rounds of --count until then" };
         var name = new Option<string>("--name") { Description = "VM name (with --vms N: NAME-0 ... NAME-N-1)", DefaultValueFactory = _ => "load" };
         var timer = new Option<long>("--timer-ns") { Description = "hlt mode: APIC timer period", DefaultValueFactory = _ => 200_000 };
+        var delay = new Option<long>("--start-delay-ms") { Description = "wait this long after the vCPU threads are created and named, before the guest runs (lets per-thread observers attach)" };
         var pin = new Option<bool>("--pin") { Description = "pin vCPU N to CPU N % nproc" };
         var child = new Option<bool>(Workload.LoadRunner.ChildFlag) { Hidden = true };
 
         var command = new Command("load", "Run micro-VMs that drive kvm events; print what was driven as JSON")
         {
-            mode, vms, vcpus, count, duration, name, timer, pin, child,
+            mode, vms, vcpus, count, duration, name, timer, delay, pin, child,
         };
         command.SetAction(parse =>
         {
@@ -38,6 +39,7 @@ internal static class LoadCommand
                         : throw new ArgumentException("--duration: must be a positive number of seconds") : null,
                     Name = parse.GetValue(name) is { Length: > 0 } n ? n : throw new ArgumentException("--name: must not be empty"),
                     TimerPeriodNs = (uint)InRange("--timer-ns", parse.GetValue(timer), 10_000, 1_000_000_000),
+                    StartDelay = TimeSpan.FromMilliseconds(InRange("--start-delay-ms", parse.GetValue(delay), 0, 600_000)),
                     Pin = parse.GetValue(pin),
                 };
             }

@@ -3,6 +3,7 @@ using KvmObserve.Agent.Hosting;
 using KvmObserve.Aggregation;
 using KvmObserve.Aggregation.Discovery;
 using KvmObserve.Exposition;
+using KvmObserve.Sources;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
@@ -23,7 +24,7 @@ internal static class RunCommand
 
     public static readonly Option<string> Source = new("--source")
     {
-        Description = "Where events come from: tracefs",
+        Description = "Where events come from: auto (counters when every metric is a plain count, else tracefs), tracefs, perf, perf-count",
         DefaultValueFactory = _ => AgentOptionsDefaults.Source,
     };
 
@@ -39,19 +40,38 @@ internal static class RunCommand
         DefaultValueFactory = _ => 0,
     };
 
+    public static readonly Option<string> Metrics = new("--metrics")
+    {
+        Description = "Metric groups to collect: all, or a list of " + string.Join(", ", KvmObserve.Sources.MetricSelection.All),
+        DefaultValueFactory = _ => AgentOptionsDefaults.Metrics,
+    };
+
+    public static readonly Option<int?> WakeupPercent = new("--wakeup-percent")
+    {
+        Description = "How full a ring gets before its reader wakes (tracefs buffer_percent, perf watermark); default tracefs 50, perf 25",
+    };
+
+    public static readonly Option<int> DiscoveryInterval = new("--discovery-interval-ms")
+    {
+        Description = "How often procfs is rescanned for VMs and their threads",
+        DefaultValueFactory = _ => AgentOptionsDefaults.DiscoveryIntervalMs,
+    };
+
+    private static Option[] All => [Listen, Source, Metrics, SeriesLimit, BufferKb, WakeupPercent, DiscoveryInterval];
+
     public static Command Create()
     {
-        var command = new Command("run", "Run the agent: read kvm tracepoints and serve /metrics") { Listen, Source, SeriesLimit, BufferKb };
+        var command = new Command("run", "Run the agent: read kvm tracepoints and serve /metrics");
+        foreach (Option o in All)
+            command.Options.Add(o);
         command.SetAction((parse, ct) => RunAsync(Bind(parse), ct));
         return command;
     }
 
     public static void AddTo(RootCommand root)
     {
-        root.Options.Add(Listen);
-        root.Options.Add(Source);
-        root.Options.Add(SeriesLimit);
-        root.Options.Add(BufferKb);
+        foreach (Option o in All)
+            root.Options.Add(o);
         root.SetAction((parse, ct) => RunAsync(Bind(parse), ct));
     }
 
@@ -63,6 +83,9 @@ internal static class RunCommand
             {
                 Listen = AgentOptions.ParseListen(parse.GetValue(Listen)!),
                 Source = AgentOptions.ParseSource(parse.GetValue(Source)!),
+                Metrics = AgentOptions.ParseMetrics(parse.GetValue(Metrics)!),
+                WakeupPercent = parse.GetValue(WakeupPercent) is int w ? AgentOptions.InRange("--wakeup-percent", w, 0, 100) : null,
+                DiscoveryIntervalMs = AgentOptions.InRange("--discovery-interval-ms", parse.GetValue(DiscoveryInterval), 50, 3_600_000),
                 SeriesLimit = AgentOptions.Positive("--series-limit", parse.GetValue(SeriesLimit)),
                 BufferSizeKb = parse.GetValue(BufferKb) >= 0 ? parse.GetValue(BufferKb)
                     : throw new OptionException("--buffer-kb: must be 0 or a positive number of KiB"),

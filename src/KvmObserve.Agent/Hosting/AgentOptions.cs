@@ -9,7 +9,8 @@ public static class AgentOptionsDefaults
     /// <summary>9632: marked free on Prometheus's default port allocations list (exporters 9100-9999).</summary>
     public const int Port = 9632;
     public const string Listen = "127.0.0.1:9632";
-    public const string Source = "tracefs";
+    public const string Source = "auto";
+    public const string Metrics = "all";
     public const int SeriesLimit = 20_000;
     public const int PollTimeoutMs = 100;
     public const int DiscoveryIntervalMs = 2_000;
@@ -24,8 +25,8 @@ public sealed class AgentOptions
     public int BufferSizeKb { get; init; }
     public int PollTimeoutMs { get; init; } = AgentOptionsDefaults.PollTimeoutMs;
     public int DiscoveryIntervalMs { get; init; } = AgentOptionsDefaults.DiscoveryIntervalMs;
-
-    public static readonly string[] Sources = ["tracefs"];
+    public int? WakeupPercent { get; init; }
+    public IReadOnlyList<string> Metrics { get; init; } = KvmObserve.Sources.MetricSelection.All;
 
     /// <summary>Parses HOST:PORT ([v6]:PORT for IPv6); the error names the setting and what it takes.</summary>
     public static IPEndPoint ParseListen(string value)
@@ -42,9 +43,25 @@ public sealed class AgentOptions
         return new IPEndPoint(address, port);
     }
 
-    public static string ParseSource(string value) => Sources.Contains(value)
+    public static string ParseSource(string value) => SourceSelection.Sources.Contains(value)
         ? value
-        : throw new OptionException($"--source: '{value}' is not one of {string.Join(", ", Sources)}");
+        : throw new OptionException($"--source: '{value}' is not one of {string.Join(", ", SourceSelection.Sources)}");
+
+    public static IReadOnlyList<string> ParseMetrics(string value)
+    {
+        try
+        {
+            return KvmObserve.Sources.MetricSelection.Parse(value);
+        }
+        catch (FormatException e)
+        {
+            throw new OptionException(e.Message);
+        }
+    }
+
+    public static int InRange(string option, int value, int min, int max) => value >= min && value <= max
+        ? value
+        : throw new OptionException($"{option}: {value} is outside {min}..{max}");
 
     public static int Positive(string option, int value) =>
         value > 0 ? value : throw new OptionException($"{option}: {value} must be a positive number");

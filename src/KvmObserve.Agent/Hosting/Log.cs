@@ -25,4 +25,10 @@ internal static partial class Log
 
     [LoggerMessage(7, LogLevel.Warning, "Exit reason names come from the built-in table: this kernel's kvm_exit format has none")]
     public static partial void BuiltInExitReasons(ILogger logger);
+
+    [LoggerMessage(8, LogLevel.Information, "Source {Source} picked (asked for {Requested}): {Reason}")]
+    public static partial void SourcePicked(ILogger logger, string source, string requested, string reason);
+
+    [LoggerMessage(9, LogLevel.Warning, "{Message}")]
+    public static partial void SourceWarning(ILogger logger, string message);
 }

@@ -1,6 +1,9 @@
 using KvmObserve.Aggregation;
 using KvmObserve.Exposition;
+using KvmObserve.Native;
 using KvmObserve.Sources;
+using KvmObserve.Sources.Perf;
+using KvmObserve.Sources.PerfCount;
 using KvmObserve.Sources.Tracefs;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -8,12 +11,12 @@ using Microsoft.Extensions.Logging;
 namespace KvmObserve.Agent.Hosting;
 
 /// <summary>
-/// Runs the event source for the lifetime of the host, and a housekeeping thread that names new threads as soon as their
-/// first series appears (while their VMs still run) and rescans procfs for VMs.
+/// Picks and runs the event source for the lifetime of the host, and a housekeeping thread that names new threads as
+/// soon as their first series appears (while their VMs still run) and rescans procfs for VMs.
 /// </summary>
 internal sealed class SourceService(AgentOptions options, Aggregator aggregator, ILogger<SourceService> logger) : IHostedService
 {
-    private TracefsSource? _source;
+    private IEventSource? _source;
     private Thread? _housekeeping;
     private readonly CancellationTokenSource _stop = new();
 
@@ -21,37 +24,79 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
 
     public IEventSource? Source => _source;
 
+    /// <summary>tracefs (found or mounted) and whether perf_event_open opens a kvm tracepoint here.</summary>
+    public static HostCapabilities Probe(bool mountIfNeeded)
+    {
+        string? root = TracefsLocator.Find(mountIfNeeded, out string? tracefsProblem);
+        string? perfProblem = null;
+        if (root is not null)
+        {
+            string idFile = Path.Combine(root, "events", "kvm", "kvm_userspace_exit", "id");
+            if (!File.Exists(idFile))
+                perfProblem = "the kvm tracepoints are not in this kernel (is the kvm module loaded?)";
+            else if (KernelProbes.TryPerfTracepoint(int.Parse(File.ReadAllText(idFile).Trim(), System.Globalization.CultureInfo.InvariantCulture)) is int errno and not 0)
+                perfProblem = $"{KernelProbes.ErrorText(errno)} (errno {errno}; needs CAP_PERFMON or root, and kernel.perf_event_paranoid)";
+        }
+        return new HostCapabilities(root, tracefsProblem, perfProblem);
+    }
+
+    public static IEventSource Create(string name, SourceOptions sourceOptions, Aggregator aggregator, string root) => name switch
+    {
+        "tracefs" => new TracefsSource(sourceOptions, aggregator, root),
+        "perf" => new PerfSamplingSource(sourceOptions, aggregator, root, CpuTopology.OnlineCpus()),
+        "perf-count" => new PerfCountingSource(sourceOptions, aggregator, root, CpuTopology.OnlineCpus()),
+        _ => throw new ArgumentOutOfRangeException(nameof(name), name, "not a source"),
+    };
+
     public Task StartAsync(CancellationToken cancellationToken)
     {
-        string root = TracefsLocator.Find(mountIfNeeded: true, out string? problem)
-            ?? throw new InvalidOperationException(problem);
-        var sourceOptions = new TracefsSourceOptions
+        HostCapabilities host = Probe(mountIfNeeded: true);
+        (string name, string reason) = SourceSelection.Choose(options.Source, options.Metrics, host);
+        Log.SourcePicked(logger, name, options.Source, reason);
+        var sourceOptions = new SourceOptions
         {
-            BufferSizeKb = options.BufferSizeKb,
+            BufferKb = options.BufferSizeKb,
+            WakeupPercent = options.WakeupPercent,
             PollTimeoutMs = options.PollTimeoutMs,
+            DiscoveryIntervalMs = options.DiscoveryIntervalMs,
+            Events = MetricSelection.TracepointsFor(options.Metrics),
         };
-        _source = new TracefsSource(sourceOptions, aggregator, root);
+        if (name != "tracefs") // the tracefs source does this itself, and reports what it removed
+        {
+            foreach (string stale in TracefsInstance.RemoveStale(host.TracefsRoot!))
+                Log.StaleInstanceRemoved(logger, stale);
+        }
+        _source = Create(name, sourceOptions, aggregator, host.TracefsRoot!);
+        if (_source is PerfCountingSource counting)
+            counting.Warn = message => Log.SourceWarning(logger, message);
         _source.Start();
-        foreach (string stale in _source.RemovedStale)
-            Log.StaleInstanceRemoved(logger, stale);
+        if (_source is TracefsSource tracefs)
+        {
+            foreach (string stale in tracefs.RemovedStale)
+                Log.StaleInstanceRemoved(logger, stale);
+        }
         foreach (TracepointState t in _source.Tracepoints)
         {
             if (!t.Enabled)
-                Log.TracepointUnavailable(logger, t.Status.Tracepoint.FullName, t.Status.Problem ?? "disabled");
+                Log.TracepointUnavailable(logger, t.Status.Tracepoint.FullName, t.Status.Problem ?? "not selected by --metrics");
         }
         if (!_source.Decoders.ExitReasons.FromFormat)
             Log.BuiltInExitReasons(logger);
         Log.SourceStarted(logger, _source.Name, _source.Tracepoints.Count(t => t.Enabled), _source.Tracepoints.Count,
-            _source.Cpus.Count, root);
+            CpuTopology.OnlineCpus().Count, host.TracefsRoot!);
 
+        IEventSource source = _source;
         Context = new ExpositionContext
         {
             Aggregator = aggregator,
-            SourceName = _source.Name,
-            Tracepoints = _source.Tracepoints
+            SourceName = source.Name,
+            SourceRequested = options.Source,
+            SourceReason = reason,
+            Tracepoints = source.Tracepoints
                 .Select(t => new TracepointRow(t.Status.Tracepoint.FullName, t.Status.Available, t.Enabled)).ToList(),
-            ExitReasons = _source.Decoders.ExitReasons,
-            UserspaceExitReasons = _source.Decoders.UserspaceExitReasons,
+            ExitReasons = source.Decoders.ExitReasons,
+            UserspaceExitReasons = source.Decoders.UserspaceExitReasons,
+            Unattributed = source.UnattributedOf,
         };
         aggregator.Registry.Scan();
         _housekeeping = new Thread(Housekeeping) { IsBackground = true, Name = "kvmobserve housekeeping" };

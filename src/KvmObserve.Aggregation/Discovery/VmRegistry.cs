@@ -52,6 +52,24 @@ public sealed class VmRegistry
             return _vmsByPid.Values.ToList();
     }
 
+    /// <summary>The threads <paramref name="vm"/> has now, each with its vCPU index (-1: not a vCPU thread); empty
+    /// once it has exited.</summary>
+    public IReadOnlyList<(int Tid, int Vcpu)> ThreadsOf(VmInfo vm)
+    {
+        var threads = new List<(int, int)>();
+        if (!ProcessAlive(vm))
+            return threads;
+        foreach (string task in SafeEnumerate(Path.Combine(_procRoot, vm.Pid.ToString(CultureInfo.InvariantCulture), "task")))
+        {
+            if (!int.TryParse(Path.GetFileName(task), NumberStyles.None, CultureInfo.InvariantCulture, out int tid))
+                continue;
+            ThreadIdentity who = Resolve(tid);
+            if (who.Vm == vm)
+                threads.Add((tid, who.Vcpu));
+        }
+        return threads;
+    }
+
     /// <summary>Finds every process holding a KVM VM fd, learns its vCPU threads, and marks VMs that have exited.</summary>
     public void Scan()
     {

@@ -34,6 +34,13 @@ public enum MetricFamily : byte
 public static class MetricFamilies
 {
     public static readonly int Count = Enum.GetValues<MetricFamily>().Length;
+
+    /// <summary>The label value of "every key not counted on its own" (a counting source's unlisted ports, MSRs,
+    /// leaves and reasons).</summary>
+    public const uint OtherKey = uint.MaxValue;
+
+    /// <summary>An MMIO address a counting source cannot know.</summary>
+    public const ulong OtherPage = ulong.MaxValue;
 }
 
 public enum HaltOutcome : uint

@@ -46,6 +46,13 @@ public sealed class ExitReasonTables
     /// <summary>The ISA an old format without an isa field implies (its only table), or 0 when it does not say.</summary>
     public uint ImpliedIsa => HasVmx && !HasSvm ? KvmIsa.Vmx : HasSvm && !HasVmx ? KvmIsa.Svm : 0;
 
+    /// <summary>Every reason of one ISA's table, as exit_reason holds it (SVM's -1 as 0xffffffff).</summary>
+    public IReadOnlyList<uint> Reasons(uint isa)
+    {
+        IReadOnlyDictionary<long, string> table = isa == KvmIsa.Vmx ? _vmx : isa == KvmIsa.Svm ? _svm : new Dictionary<long, string>();
+        return table.Keys.Select(k => unchecked((uint)k)).Distinct().Order().ToList();
+    }
+
     /// <summary>The reason's name, or its number as text when the table does not know it.</summary>
     public string Name(uint isa, uint reason)
     {

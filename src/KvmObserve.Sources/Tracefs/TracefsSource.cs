@@ -12,14 +12,17 @@ namespace KvmObserve.Sources.Tracefs;
 /// </summary>
 public sealed class TracefsSource : IEventSource
 {
-    private readonly TracefsSourceOptions _options;
+    private readonly SourceOptions _options;
     private readonly Aggregator _aggregator;
     private readonly List<CpuReader> _readers = new();
     private TracefsInstance? _instance;
     private SafeFd? _wake;
     private List<TracepointState> _tracepoints = new();
 
-    public TracefsSource(TracefsSourceOptions options, Aggregator aggregator, string tracefsRoot)
+    /// <summary>buffer_percent: the reader wakes when the ring is half full, or at the poll timeout.</summary>
+    public const int DefaultWakeupPercent = 50;
+
+    public TracefsSource(SourceOptions options, Aggregator aggregator, string tracefsRoot)
     {
         _options = options;
         _aggregator = aggregator;
@@ -53,13 +56,13 @@ public sealed class TracefsSource : IEventSource
         _instance = TracefsInstance.Create(Formats.Root);
         try
         {
-            if (_options.BufferSizeKb > 0)
-                _instance.SetBufferSizeKb(_options.BufferSizeKb);
-            _instance.SetBufferPercent(_options.BufferPercent);
+            if (_options.BufferKb > 0)
+                _instance.SetBufferSizeKb(_options.BufferKb);
+            _instance.SetBufferPercent(_options.WakeupPercent ?? DefaultWakeupPercent);
             var states = new List<TracepointState>();
             foreach (TracepointStatus status in Decoders.Statuses)
             {
-                bool wanted = status.Available && !_options.Disabled.Contains(status.Tracepoint.FullName);
+                bool wanted = status.Available && _options.Wants(status.Tracepoint);
                 bool enabled = wanted && _instance.Enable(status.Tracepoint.System, status.Tracepoint.Name);
                 states.Add(new TracepointState(status, enabled));
             }
