@@ -1,3 +1,4 @@
+using KvmObserve.Sources;
 using System.Globalization;
 using System.Net;
 

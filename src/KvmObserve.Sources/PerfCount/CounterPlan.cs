@@ -71,6 +71,17 @@ public sealed class CounterPlan
         return plan;
     }
 
+    /// <summary>An output's value from one group read: plus counters less minus counters, never below zero.</summary>
+    public static long Evaluate(OutputSpec output, ReadOnlySpan<long> counters)
+    {
+        long value = 0;
+        foreach (int c in output.Plus)
+            value += counters[c];
+        foreach (int c in output.Minus)
+            value -= counters[c];
+        return Math.Max(0, value);
+    }
+
     private static bool IsCountOnlyMmu(KvmEventKind kind) => kind >= KvmEventKind.MmuSpteRequested;
 
     private int Total(TracepointStatus s)

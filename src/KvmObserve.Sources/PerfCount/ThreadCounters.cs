@@ -27,11 +27,7 @@ internal sealed class ThreadCounters(int tid, CounterPlan plan, CounterGroup gro
         for (int i = 0; i < outputs.Count; i++)
         {
             OutputSpec o = outputs[i];
-            long value = 0;
-            foreach (int c in o.Plus)
-                value += _values[c];
-            foreach (int c in o.Minus)
-                value -= _values[c];
+            long value = CounterPlan.Evaluate(o, _values);
             long delta = value - _reported[i];
             if (delta <= 0)
                 continue; // a zero series is not created; counts never go back

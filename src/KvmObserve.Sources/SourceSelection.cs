@@ -1,4 +1,4 @@
-namespace KvmObserve.Agent.Hosting;
+namespace KvmObserve.Sources;
 
 /// <summary>What this host offers the agent, probed once at start (and by doctor).</summary>
 public sealed record HostCapabilities(string? TracefsRoot, string? TracefsProblem, string? PerfProblem);
@@ -18,7 +18,7 @@ public static class SourceSelection
     {
         if (host.TracefsRoot is null)
             throw new InvalidOperationException($"no source can run: every one reads the tracepoints' formats from tracefs, and {host.TracefsProblem}");
-        IReadOnlyList<string> recordGroups = KvmObserve.Sources.MetricSelection.RecordGroups(metricGroups);
+        IReadOnlyList<string> recordGroups = MetricSelection.RecordGroups(metricGroups);
         switch (requested)
         {
             case "tracefs":

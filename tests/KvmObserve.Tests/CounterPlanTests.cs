@@ -1,0 +1,111 @@
+using KvmObserve.Aggregation.Series;
+using KvmObserve.Decoding.Events;
+using KvmObserve.Decoding.Format;
+using KvmObserve.Sources.PerfCount;
+
+namespace KvmObserve.Tests;
+
+public class CounterPlanTests
+{
+    private static readonly Dictionary<string, EventFormat> Formats = new()
+    {
+        ["kvm:kvm_exit"] = Fixture.Format("kvm_exit.format"),
+        ["kvm:kvm_pio"] = Fixture.Format("kvm_pio.format"),
+        ["kvm:kvm_userspace_exit"] = Fixture.Format("kvm_userspace_exit.format"),
+        ["kvm:kvm_vcpu_wakeup"] = Fixture.Format("kvm_vcpu_wakeup.format"),
+        ["kvm:kvm_mmio"] = Fixture.Format("kvm_mmio.format"),
+        ["kvmmmu:fast_page_fault"] = Fixture.Format("fast_page_fault.format", "kvmmmu"),
+    };
+
+    private static readonly KvmEventDecoders Decoders = new(tp => Formats.GetValueOrDefault(tp.FullName));
+
+    private static CounterPlan Plan(uint isa, CountingKeys? keys = null) =>
+        CounterPlan.ForVcpuThreads(Decoders, _ => true, isa, keys ?? new CountingKeys());
+
+    [Fact]
+    public void Exits_get_one_filtered_counter_per_reason_of_the_host_table_and_other()
+    {
+        CounterPlan svm = Plan(KvmIsa.Svm);
+        var exitFilters = svm.Counters.Where(c => c.Tracepoint.Name == "kvm_exit").Select(c => c.Filter).ToList();
+        Assert.Null(exitFilters[0]); // the total
+        Assert.Equal(Decoders.ExitReasons.Reasons(KvmIsa.Svm).Count + 1, exitFilters.Count);
+        Assert.Contains("exit_reason == 124", exitFilters);   // SVM 0x7c MSR
+        Assert.Contains("exit_reason == 4294967295", exitFilters); // SVM_EXIT_ERR, -1 as exit_reason holds it
+        Assert.Contains(svm.Outputs, o => o.Family == MetricFamily.Exits && o.Label1 == CounterPlan.Other && o.Label2 == KvmIsa.Svm);
+
+        CounterPlan vmx = Plan(KvmIsa.Vmx);
+        Assert.Contains(vmx.Counters, c => c.Filter == "exit_reason == 30"); // IO_INSTRUCTION
+        Assert.Contains(vmx.Counters, c => c.Filter == "exit_reason & 2147483648");
+        Assert.Contains(vmx.Outputs, o => o.Family == MetricFamily.FailedVmEntries);
+    }
+
+    [Fact]
+    public void Other_is_the_total_less_every_listed_key()
+    {
+        CounterPlan plan = Plan(KvmIsa.Svm, new CountingKeys { Ports = [0x3f8, 0x80] });
+        var pio = plan.Counters.Select((c, i) => (c, i)).Where(x => x.c.Tracepoint.Name == "kvm_pio").ToDictionary(x => x.c.Filter ?? "total", x => x.i);
+        Assert.Equal(["total", "rw == 0", "port == 1016 && rw == 0", "port == 128 && rw == 0", "rw == 1", "port == 1016 && rw == 1", "port == 128 && rw == 1"], pio.Keys);
+
+        // One group read: 10 out to 0x3f8, 4 out to 0x80, 3 out and 2 in elsewhere.
+        var values = new long[plan.Counters.Count];
+        values[pio["total"]] = 19;
+        values[pio["rw == 1"]] = 17;
+        values[pio["rw == 0"]] = 2;
+        values[pio["port == 1016 && rw == 1"]] = 10;
+        values[pio["port == 128 && rw == 1"]] = 4;
+        var series = plan.Outputs.Where(o => o.Family == MetricFamily.Pio)
+            .ToDictionary(o => (o.Label1, o.Label2), o => CounterPlan.Evaluate(o, values));
+        Assert.Equal(10, series[(0x3f8, 1)]);
+        Assert.Equal(4, series[(0x80, 1)]);
+        Assert.Equal(3, series[(CounterPlan.Other, 1)]);
+        Assert.Equal(2, series[(CounterPlan.Other, 0)]);
+        Assert.Equal(0, series[(0x3f8, 0)]);
+    }
+
+    [Fact]
+    public void Userspace_exits_split_restarts_and_errors_from_reasons()
+    {
+        CounterPlan plan = Plan(KvmIsa.Svm);
+        var filters = plan.Counters.Where(c => c.Tracepoint.Name == "kvm_userspace_exit").Select(c => c.Filter).ToList();
+        Assert.Contains("errno == 0 && reason == 2", filters); // KVM_EXIT_IO
+        Assert.Contains("errno == -4", filters);
+        Assert.Contains("errno < 0 && errno != -4", filters);
+    }
+
+    [Fact]
+    public void Halt_wakeups_are_polled_or_waited_and_mmio_by_type_only()
+    {
+        CounterPlan plan = Plan(KvmIsa.Svm);
+        var wake = plan.Outputs.Where(o => o.Family == MetricFamily.HaltWakeups).ToList();
+        Assert.Equal([(uint)HaltOutcome.PollSuccess, (uint)HaltOutcome.Waited], wake.Select(o => o.Label1));
+        var values = new long[plan.Counters.Count];
+        values[wake[1].Plus[0]] = 100; // total
+        values[wake[0].Plus[0]] = 30;  // waited == 0
+        Assert.Equal(70, CounterPlan.Evaluate(wake[1], values));
+        Assert.All(plan.Outputs.Where(o => o.Family == MetricFamily.Mmio), o => Assert.Equal(CounterPlan.OtherPage, o.Label2));
+    }
+
+    [Fact]
+    public void Other_threads_count_only_the_kvmmmu_totals_and_unwanted_tracepoints_are_left_out()
+    {
+        Assert.Empty(CounterPlan.ForOtherThreads(Decoders, _ => true).Counters); // no count-only kvmmmu event in the fixtures
+        CounterPlan pioOnly = CounterPlan.ForVcpuThreads(Decoders, t => t.Name == "kvm_pio", KvmIsa.Svm, new CountingKeys());
+        Assert.All(pioOnly.Counters, c => Assert.Equal("kvm_pio", c.Tracepoint.Name));
+        Assert.Equal([KvmEventKind.Pio], pioOnly.Totals.Select(t => t.Kind));
+    }
+
+    [Theory]
+    [InlineData("vendor_id\t: AuthenticAMD\n", KvmIsa.Svm)]
+    [InlineData("processor\t: 0\nvendor_id\t: GenuineIntel\n", KvmIsa.Vmx)]
+    [InlineData("vendor_id\t: HygonGenuine\n", KvmIsa.Svm)]
+    [InlineData("", KvmIsa.Vmx)]
+    public void The_host_table_follows_the_cpu_vendor(string cpuinfo, uint isa) => Assert.Equal(isa, HostIsa.FromCpuinfo(cpuinfo));
+
+    [Fact]
+    public void Key_lists_parse_hex_and_decimal_and_name_the_option_on_error()
+    {
+        Assert.Equal([0x3f8u, 128u], CountingKeys.ParseList("--count-ports", "0x3f8, 128"));
+        var e = Assert.Throws<FormatException>(() => CountingKeys.ParseList("--count-ports", "0x3f8,com1"));
+        Assert.Equal("--count-ports: 'com1' is not a number (hex with 0x, or decimal)", e.Message);
+    }
+}
