@@ -23,29 +23,51 @@ public class AgentOnLoadTests
         return sums;
     }
 
-    [KernelFact]
-    public void Scraped_counters_equal_what_load_drove_per_vm_and_vcpu()
+    /// <summary>How each source is run: the counting source attaches to threads it finds by scanning procfs, so load
+    /// holds its named vCPU threads back for a moment; the record sources see every record from the start.</summary>
+    private static (string[] Agent, string[] Load) Setup(string source) => source switch
     {
-        using Agent agent = Agent.Start();
-        string name = $"e2e{Environment.ProcessId}";
-        JsonElement report = Agent.Load("--mode", "all", "--vms", "2", "--vcpus", "2", "--count", "3000", "--name", name);
+        "perf-count" => (["--source", source, "--discovery-interval-ms", "200"], ["--start-delay-ms", "1500"]),
+        _ => (["--source", source], []),
+    };
+
+    [KernelTheory]
+    [InlineData("tracefs")]
+    [InlineData("perf")]
+    [InlineData("perf-count")]
+    public void Scraped_counters_equal_what_load_drove_per_vm_and_vcpu(string source)
+    {
+        (string[] agentArgs, string[] loadArgs) = Setup(source);
+        using Agent agent = Agent.Start(agentArgs);
+        string name = $"e2e-{source}-{Environment.ProcessId}";
+        JsonElement report = Agent.Load([.. loadArgs, "--mode", "all", "--vms", "2", "--vcpus", "2", "--count", "3000", "--name", name]);
         long expectedPio = PerVm(report, "pio").Values.Sum();
         Metrics m = agent.ScrapeUntil(x => x.Sum("kvm_pio_total") >= expectedPio && x.Sum("kvm_halt_wakeups_total") > 0);
+        Assert.Equal(1, m.Sum("kvmobserve_source_info", ("source", source)));
 
         foreach (((string vm, string key), long n) in PerVm(report, "pio"))
         {
             string[] k = key.Split('/');
             Assert.Equal(n, m.Sum("kvm_pio_total", ("vm", vm), ("port", k[0]), ("direction", k[1])));
         }
-        foreach (((string vm, string key), long n) in PerVm(report, "mmio"))
+        if (source == "perf-count")
         {
-            string[] k = key.Split('/');
-            double seen = m.Sum("kvm_mmio_total", ("vm", vm), ("gpa_page", k[0]), ("direction", k[1]));
-            if (k[0] == "0xd0000000")
-                Assert.Equal(n, seen); // the page mmio mode drives
-            else
-                Assert.InRange(seen, n - 2, n); // the doorbell page: this kernel now and then emits no kvm_mmio for one
-                                                // of a vCPU's doorbell exits (the exits themselves are exact, below)
+            // Counters cannot learn addresses: MMIO is counted per direction, under gpa_page="other".
+            foreach (var g in PerVm(report, "mmio").GroupBy(e => (e.Key.Vm, Direction: e.Key.Key.Split('/')[1])))
+                Assert.InRange(m.Sum("kvm_mmio_total", ("vm", g.Key.Vm), ("gpa_page", "other"), ("direction", g.Key.Direction)), g.Sum(e => e.Value) - 2, g.Sum(e => e.Value));
+        }
+        else
+        {
+            foreach (((string vm, string key), long n) in PerVm(report, "mmio"))
+            {
+                string[] k = key.Split('/');
+                double seen = m.Sum("kvm_mmio_total", ("vm", vm), ("gpa_page", k[0]), ("direction", k[1]));
+                if (k[0] == "0xd0000000")
+                    Assert.Equal(n, seen); // the page mmio mode drives
+                else
+                    Assert.InRange(seen, n - 2, n); // the doorbell page: now and then one of a vCPU's doorbell exits
+                                                    // shows no kvm_mmio here (the exits themselves are exact, below)
+            }
         }
         foreach (((string vm, string key), long n) in PerVm(report, "msr"))
         {
@@ -62,7 +84,9 @@ public class AgentOnLoadTests
                 Assert.Equal(exit.Value.GetInt64(), m.Sum("kvm_userspace_exits_total", ("vm", vm), ("vcpu", vcpu), ("reason", exit.Name)));
             long halts = v.GetProperty("halts").GetInt64();
             double wakeups = m.Sum("kvm_halt_wakeups_total", ("vm", vm), ("vcpu", vcpu));
-            Assert.InRange(wakeups, halts * 0.99, halts * 1.0);
+            // A HLT reached after its one-shot timer already fired does not block, so it gives no kvm_vcpu_wakeup: the
+            // slower an observer makes the exit path, the more often (1-2% with the perf sources here).
+            Assert.InRange(wakeups, halts * 0.95, halts * 1.0);
         }
 
         // Every VM counted under its own name, none as unknown; the VMs are known with their pids.
@@ -72,6 +96,40 @@ public class AgentOnLoadTests
         Assert.Equal(0, m.Sum("kvmobserve_events_lost_total"));
         Assert.Equal(0, m.Sum("kvmobserve_decode_errors_total"));
         Assert.Equal(0, agent.Stop());
+    }
+
+    /// <summary>Without load's start delay the counting source attaches after a VM's first exits: those are counted
+    /// as unattributed (and trigger the rescan that attaches), so attributed + unattributed is still exact.</summary>
+    [KernelFact]
+    public void The_counting_source_loses_nothing_from_threads_it_attaches_late()
+    {
+        using Agent agent = Agent.Start("--source", "perf-count", "--metrics", "pio,userspace_exits");
+        string name = $"late{Environment.ProcessId}";
+        JsonElement report = Agent.Load("--mode", "pio", "--vcpus", "2", "--count", "100000", "--name", name);
+        long driven = PerVm(report, "pio").Values.Sum();
+        Metrics m = agent.ScrapeUntil(x => x.Sum("kvm_pio_total") + x.Sum("kvmobserve_events_unattributed_total", ("event", "kvm_pio")) >= driven);
+        double attributed = m.Sum("kvm_pio_total", ("vm", name));
+        double unattributed = m.Sum("kvmobserve_events_unattributed_total", ("event", "kvm_pio"));
+        Assert.Equal(driven, attributed + unattributed);
+        Assert.True(attributed > 0, "the source never attached to the VM's threads while they ran");
+        Assert.Equal(driven, m.Sum("kvmobserve_events_total", ("event", "kvm_pio")));
+    }
+
+    /// <summary>A 4 KiB perf ring, read only when full or at the poll timeout, flooded by two vCPUs: every PIO exit
+    /// is either counted or counted as lost, exactly.</summary>
+    [KernelFact]
+    public void An_overrun_perf_ring_counts_plus_loses_exactly_what_was_driven()
+    {
+        using Agent agent = Agent.Start("--source", "perf", "--metrics", "pio", "--buffer-kb", "4", "--wakeup-percent", "100");
+        JsonElement report = Agent.Load("--mode", "pio", "--vcpus", "2", "--count", "20000", "--name", $"flood{Environment.ProcessId}");
+        long driven = PerVm(report, "pio").Values.Sum();
+        Assert.Equal(40000, driven);
+        Metrics m = agent.ScrapeUntil(x => x.Sum("kvm_pio_total") + x.Sum("kvmobserve_events_lost_total") >= driven);
+        double counted = m.Sum("kvm_pio_total"), lost = m.Sum("kvmobserve_events_lost_total", ("source", "perf"));
+        Assert.True(lost > 0, $"the ring did not overrun (counted {counted}); the test proves nothing");
+        Assert.Equal(driven, counted + lost);
+        Assert.Equal(counted, m.Sum("kvmobserve_events_total", ("event", "kvm_pio")));
+        Assert.Equal(0, m.Sum("kvmobserve_decode_errors_total"));
     }
 
     /// <summary>Shadow paging gives one kvm_mmu_spte_requested and one kvm_mmu_set_spte per fresh page touched, plus

@@ -27,3 +27,14 @@ public static class Requirements
         return null;
     }
 }
+
+/// <summary>A <see cref="KernelFactAttribute"/> with data rows.</summary>
+public sealed class KernelTheoryAttribute : TheoryAttribute
+{
+    public KernelTheoryAttribute()
+    {
+        string? missing = Requirements.Missing();
+        if (missing is not null && Environment.GetEnvironmentVariable("CI") != "true")
+            Skip = $"needs {missing}";
+    }
+}

@@ -118,14 +118,16 @@ internal sealed unsafe class PerfCpuRing
     {
         if (_thread.ThreadState != ThreadState.Unstarted)
             _thread.Join();
-        Release();
+        _ring.Dispose();
     }
+
+    /// <summary>The event fds, for the owner to close (all CPUs' together: see <see cref="PerfFds"/>).</summary>
+    public IReadOnlyList<SafeFd> EventFds => _events;
 
     private void Release()
     {
         _ring?.Dispose();
-        foreach (SafeFd e in _events)
-            e.Dispose();
+        PerfFds.DisposeAll(_events);
         _events.Clear();
     }
 

@@ -1,6 +1,7 @@
 using KvmObserve.Aggregation;
 using KvmObserve.Decoding.Events;
 using KvmObserve.Native;
+using KvmObserve.Native.Perf;
 using KvmObserve.Sources.Tracefs;
 
 namespace KvmObserve.Sources.Perf;
@@ -102,6 +103,7 @@ public sealed class PerfSamplingSource : IEventSource
             Sys.Write(_wake, BitConverter.GetBytes(1UL));
         foreach (PerfCpuRing r in _rings)
             r.Join();
+        PerfFds.DisposeAll(_rings.SelectMany(r => r.EventFds));
         _rings.Clear();
         _wake?.Dispose();
         _wake = null;

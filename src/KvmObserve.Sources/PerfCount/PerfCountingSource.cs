@@ -2,6 +2,7 @@ using KvmObserve.Aggregation;
 using KvmObserve.Aggregation.Discovery;
 using KvmObserve.Decoding.Events;
 using KvmObserve.Native;
+using KvmObserve.Native.Perf;
 using KvmObserve.Sources.Tracefs;
 
 namespace KvmObserve.Sources.PerfCount;
@@ -85,11 +86,12 @@ public sealed class PerfCountingSource : IEventSource
 
         try
         {
-            // The plan's filters are checked once, on this thread, so a kernel that rejects one fails here, named.
-            using (CounterGroup probe = OpenOrThrow(_vcpuPlan, pid: 0, cpu: -1, "this thread"))
-            { }
             foreach (int cpu in _cpus)
                 _systemGroups.Add(OpenOrThrow(_totalsPlan, pid: -1, cpu, $"cpu{cpu}"));
+            // The plan's filters are checked once, on this thread, so a kernel that rejects one fails here, named.
+            // (Opened after the system groups, so closing it unregisters no tracepoint.)
+            using (CounterGroup probe = OpenOrThrow(_vcpuPlan, pid: 0, cpu: -1, "this thread"))
+            { }
             _openFds = _systemGroups.Sum(g => g.Size);
             _nextScan = DateTime.MinValue;
             Refresh();
@@ -238,7 +240,7 @@ public sealed class PerfCountingSource : IEventSource
         for (int k = 0; k < _retiredTotals.Length; k++)
             _retiredTotals[k] += t.Totals[k];
         _threads.Remove(t.Tid);
-        _openFds -= t.Fds;
+        _openFds -= t.Fds.Count;
         t.Dispose();
     }
 
@@ -284,11 +286,13 @@ public sealed class PerfCountingSource : IEventSource
                 CollectThreads();
                 ReadSystemTotals();
             }
+            var fds = new List<SafeFd>();
             foreach (ThreadCounters t in _threads.Values)
-                t.Dispose();
-            _threads.Clear();
+                fds.AddRange(t.Fds);
             foreach (CounterGroup g in _systemGroups)
-                g.Dispose();
+                fds.AddRange(g.Fds);
+            PerfFds.DisposeAll(fds);
+            _threads.Clear();
             _systemGroups.Clear();
             _openFds = 0;
             _shard = null;

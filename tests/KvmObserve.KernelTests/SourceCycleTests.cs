@@ -1,0 +1,67 @@
+using KvmObserve.Aggregation;
+using KvmObserve.Aggregation.Discovery;
+using KvmObserve.Sources;
+using KvmObserve.Sources.Perf;
+using KvmObserve.Sources.PerfCount;
+using KvmObserve.Sources.Tracefs;
+
+namespace KvmObserve.KernelTests;
+
+/// <summary>Each source started and stopped 100 times in this process: no fd (perf events, rings, trace_pipe_raw,
+/// eventfds) and no tracefs instance may be left over.</summary>
+public class SourceCycleTests
+{
+    private static int OpenFds() => Directory.GetFileSystemEntries("/proc/self/fd").Length;
+
+    /// <summary>This process's fds of the kinds sources open: perf events, eventfds, tracefs files.</summary>
+    private static int SourceFds() => Directory.GetFileSystemEntries("/proc/self/fd").Count(fd =>
+    {
+        try
+        {
+            string target = new FileInfo(fd).LinkTarget ?? "";
+            return target is "anon_inode:[perf_event]" or "anon_inode:[eventfd]" || target.Contains("/tracing/");
+        }
+        catch (IOException) { return false; }
+    });
+
+    [KernelTheory]
+    [InlineData("tracefs")]
+    [InlineData("perf")]
+    [InlineData("perf-count")]
+    public void Hundred_start_stop_cycles_leak_no_fd(string name)
+    {
+        string root = TracefsLocator.Find(mountIfNeeded: true, out string? problem) ?? throw new InvalidOperationException(problem);
+        var aggregator = new Aggregator(CpuTopology.PossibleCpus(), 1000, new VmRegistry());
+        // A few tracepoints, not all: the kernel takes ~35 ms to unregister each perf probe (see PerfFds), and the
+        // fds per tracepoint are alike.
+        var options = new SourceOptions { PollTimeoutMs = 10, BufferKb = 64, Events = ["kvm_pio", "kvm_mmio", "kvm_userspace_exit", "kvm_msr"] };
+        IEventSource Create() => name switch
+        {
+            "tracefs" => new TracefsSource(options, aggregator, root),
+            "perf" => new PerfSamplingSource(options, aggregator, root, CpuTopology.OnlineCpus()),
+            _ => new PerfCountingSource(options, aggregator, root, CpuTopology.OnlineCpus()),
+        };
+
+        // One cycle first: the runtime opens files of its own the first time (thread pool, assemblies).
+        using (IEventSource warm = Create())
+            warm.Start();
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        int before = OpenFds(), sourceBefore = SourceFds();
+        int duringMax = 0;
+        for (int i = 0; i < 100; i++)
+        {
+            IEventSource source = Create();
+            source.Start();
+            duringMax = Math.Max(duringMax, SourceFds());
+            source.Stop();
+            source.Dispose();
+        }
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        Assert.True(duringMax > sourceBefore, "the source opened nothing: the test proves nothing");
+        Assert.Equal(sourceBefore, SourceFds());
+        Assert.Equal(before, OpenFds());
+        Assert.Empty(KernelState.InstancesOf(Environment.ProcessId));
+    }
+}
