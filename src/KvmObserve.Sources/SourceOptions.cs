@@ -10,7 +10,7 @@ public sealed class SourceOptions
 
     /// <summary>How full a ring gets before its reader is woken (tracefs buffer_percent, perf wakeup watermark);
     /// null: the source's default (tracefs 50, perf 25). 0 wakes the reader at every record: measured here, that
-    /// made a PIO exit 2.6x (tracefs) to 35x (perf) slower; the poll timeout drains the rings anyway.</summary>
+    /// made a PIO exit 2.6x (tracefs) to 34x (perf) slower; the poll timeout drains the rings anyway.</summary>
     public int? WakeupPercent { get; set; }
 
     /// <summary>The longest a reader sleeps before it reads anyway.</summary>

@@ -34,10 +34,44 @@ internal static class HostChecks
         yield return perf == 0
             ? new Finding(Verdict.Ok, "perf_event_open", "a kvm tracepoint counter opened", "perf sources can run")
             : new Finding(Verdict.Warn, "perf_event_open", KernelProbes.ErrorText(perf), "perf sources cannot run (needs CAP_PERFMON or perf_event_paranoid <= -1)");
+        foreach (Finding f in Sources())
+            yield return f;
         int bpf = KernelProbes.TryBpfMap();
         yield return bpf == 0
             ? new Finding(Verdict.Ok, "bpf", "a BPF map was created", "in-kernel aggregation is possible")
             : new Finding(Verdict.Warn, "bpf", KernelProbes.ErrorText(bpf), "no in-kernel aggregation (needs CAP_BPF and CAP_PERFMON)");
+    }
+
+    /// <summary>What `run --source auto` would pick, with every metric group and with plain counts only, and the fd
+    /// budget of the counting source.</summary>
+    private static IEnumerable<Finding> Sources()
+    {
+        HostCapabilities host = Hosting.SourceService.Probe(mountIfNeeded: false);
+        IReadOnlyList<string> plain = MetricSelection.All.Where(g => !MetricSelection.NeedRecords.Contains(g)).ToList();
+        foreach ((string what, IReadOnlyList<string> groups) in new[] { ("all metrics", MetricSelection.All), ("plain counts", plain) })
+        {
+            Finding finding;
+            try
+            {
+                (string source, string reason) = SourceSelection.Choose("auto", groups, host);
+                finding = new Finding(Verdict.Ok, $"source auto ({what})", source, reason);
+            }
+            catch (InvalidOperationException e)
+            {
+                finding = new Finding(Verdict.Fail, $"source auto ({what})", "none", e.Message);
+            }
+            yield return finding;
+        }
+        if (host.TracefsRoot is null || host.PerfProblem is not null)
+            yield break;
+        var counting = new KvmObserve.Sources.PerfCount.PerfCountingSource(new SourceOptions(), new Aggregator(1, 1, new VmRegistry()),
+            host.TracefsRoot, [0]);
+        int perThread = KvmObserve.Sources.PerfCount.CounterPlan.ForVcpuThreads(counting.Decoders, _ => true,
+            KvmObserve.Sources.PerfCount.HostIsa.Detect(), new KvmObserve.Sources.PerfCount.CountingKeys()).Counters.Count;
+        (ulong soft, ulong hard) = FdLimit.Get();
+        yield return new Finding(soft >= (ulong)perThread * 64 ? Verdict.Ok : Verdict.Warn, "perf-count fds",
+            $"{perThread} counters per vCPU thread; RLIMIT_NOFILE {soft} (hard {hard})",
+            "the agent raises the soft limit as VMs appear; past the hard limit, threads are left unattached (their events show as unattributed)");
     }
 
     private static IEnumerable<Finding> Kvm()

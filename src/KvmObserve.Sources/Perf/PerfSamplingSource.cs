@@ -16,7 +16,7 @@ public sealed class PerfSamplingSource : IEventSource
 {
     public const int DefaultRingKb = 4096;
     /// <summary>Waking the reader costs the guests more than anything else here: at every sample (0) a PIO exit took
-    /// 35x longer; at 25% the wakeups are amortised over thousands of samples.</summary>
+    /// 34x longer; at 25% the wakeups are amortised over thousands of samples.</summary>
     public const int DefaultWakeupPercent = 25;
 
     private readonly SourceOptions _options;

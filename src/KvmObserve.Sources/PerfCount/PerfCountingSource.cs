@@ -264,9 +264,8 @@ public sealed class PerfCountingSource : IEventSource
         return false;
     }
 
-    private static string KernelErrorText(int errno) => $"{KernelProbesText(errno)} (errno {errno})";
+    private static string KernelErrorText(int errno) => $"{KernelProbes.ErrorText(errno)} (errno {errno})";
 
-    private static string KernelProbesText(int errno) => System.Runtime.InteropServices.Marshal.GetPInvokeErrorMessage(errno);
 
     public void Stop()
     {
