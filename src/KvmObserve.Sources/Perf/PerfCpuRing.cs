@@ -51,7 +51,15 @@ internal sealed unsafe class PerfCpuRing
                 PerfEventAttr attr = SamplingAttr(id, dataBytes, wakeupPercent);
                 _events.Add(PerfEvent.Open(attr, pid: -1, cpu, group: null, $"tracepoint {id}, cpu{cpu}"));
             }
-            _ring = MappedRegion.Shared(_events[0], (nuint)(pageSize + dataBytes), writable: true);
+            try
+            {
+                _ring = MappedRegion.Shared(_events[0], (nuint)(pageSize + dataBytes), writable: true);
+            }
+            catch (NativeErrorException e) when (e.Errno == Errno.EPERM)
+            {
+                throw new NativeErrorException($"mapping a {dataBytes / 1024} KiB perf ring for cpu{cpu} (over kernel.perf_event_mlock_kb "
+                    + "without CAP_IPC_LOCK? use a smaller --buffer-kb)", e.Errno);
+            }
             for (int i = 1; i < _events.Count; i++)
                 PerfEvent.SetOutput(_events[i], _events[0]);
         }
