@@ -35,7 +35,8 @@ public sealed class PerfCountingSource : IEventSource
     private Thread? _thread;
     private Action? _refresher;
     private List<TracepointState> _tracepoints = new();
-    private DateTime _nextScan;
+    private DateTime _nextScan, _lastScan;
+    private const int MinRescanMs = 200;
     private long _lastUnattributedSum;
     private int _openFds;
     private ulong _fdLimit;
@@ -146,10 +147,13 @@ public sealed class PerfCountingSource : IEventSource
             }
             bool unseenThreads = unattributedSum > _lastUnattributedSum;
             _lastUnattributedSum = unattributedSum;
-            if (unseenThreads || DateTime.UtcNow >= _nextScan)
+            DateTime now = DateTime.UtcNow;
+            // A thread that cannot be attached (fd limit) keeps adding unattributed events: rescan at most 5 times a second.
+            if ((unseenThreads && now >= _lastScan.AddMilliseconds(MinRescanMs)) || now >= _nextScan)
             {
                 _aggregator.Registry.Scan();
-                _nextScan = DateTime.UtcNow.AddMilliseconds(_options.DiscoveryIntervalMs);
+                _lastScan = now;
+                _nextScan = now.AddMilliseconds(_options.DiscoveryIntervalMs);
                 AttachAndRetire();
                 CollectThreads();
             }
