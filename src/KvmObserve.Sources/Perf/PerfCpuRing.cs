@@ -49,7 +49,18 @@ internal sealed unsafe class PerfCpuRing
             foreach (int id in tracepointIds)
             {
                 PerfEventAttr attr = SamplingAttr(id, dataBytes, wakeupPercent);
-                _events.Add(PerfEvent.Open(attr, pid: -1, cpu, group: null, $"tracepoint {id}, cpu{cpu}"));
+                if (!LostCountsSupported)
+                    attr.ReadFormat &= ~PerfConstants.FormatLost;
+                SafeFd? fd = PerfEvent.TryOpen(attr, pid: -1, cpu, group: null, out int errno);
+                if (fd is null && errno == Errno.EINVAL && LostCountsSupported)
+                {
+                    // Before Linux 6.0 there is no PERF_FORMAT_LOST: lost samples then come from PERF_RECORD_LOST
+                    // alone, which the kernel writes when it next writes to the ring.
+                    LostCountsSupported = false;
+                    attr.ReadFormat &= ~PerfConstants.FormatLost;
+                    fd = PerfEvent.TryOpen(attr, pid: -1, cpu, group: null, out errno);
+                }
+                _events.Add(fd ?? throw new NativeErrorException($"perf_event_open(tracepoint {id}, cpu{cpu})", errno));
             }
             try
             {
@@ -78,6 +89,9 @@ internal sealed unsafe class PerfCpuRing
     }
 
     public int Cpu { get; }
+
+    /// <summary>Whether this kernel counts lost samples per event (PERF_FORMAT_LOST, Linux 6.0).</summary>
+    public static bool LostCountsSupported { get; private set; } = true;
 
     public Exception? Failure { get; private set; }
 
@@ -190,6 +204,8 @@ internal sealed unsafe class PerfCpuRing
     {
         Span<byte> block = stackalloc byte[16];
         long sum = 0;
+        if (!LostCountsSupported)
+            return 0;
         foreach (SafeFd e in _events)
         {
             if (PerfEvent.TryRead(e, block) == 16)
