@@ -5,11 +5,11 @@ namespace KvmObserve.Sources;
 /// <summary>Settings every source reads; each applies what fits it (a counting source has no ring).</summary>
 public sealed class SourceOptions
 {
-    /// <summary>Per-CPU ring size in KiB; 0: the source's default (tracefs: the kernel's; perf: 4 MiB).</summary>
+    /// <summary>Per-CPU ring size in KiB; 0: the source's default (4 MiB for both tracefs and perf).</summary>
     public int BufferKb { get; set; }
 
     /// <summary>How full a ring gets before its reader is woken (tracefs buffer_percent, perf wakeup watermark);
-    /// null: the source's default (tracefs 50, perf 25). 0 wakes the reader at every record: measured here, that
+    /// null: the source's default (25 for both). 0 wakes the reader at every record: measured here, that
     /// made a PIO exit 2.6x (tracefs) to 34x (perf) slower; the poll timeout drains the rings anyway.</summary>
     public int? WakeupPercent { get; set; }
 

@@ -36,7 +36,7 @@ internal static class RunCommand
 
     public static readonly Option<int> BufferKb = new("--buffer-kb")
     {
-        Description = "Per-CPU ring buffer size of the tracefs instance in KiB (0: the kernel's default)",
+        Description = "Per-CPU ring size in KiB of the tracefs instance or perf ring (0: 4096)",
         DefaultValueFactory = _ => 0,
     };
 
@@ -48,7 +48,7 @@ internal static class RunCommand
 
     public static readonly Option<int?> WakeupPercent = new("--wakeup-percent")
     {
-        Description = "How full a ring gets before its reader wakes (tracefs buffer_percent, perf watermark); default tracefs 50, perf 25",
+        Description = "How full a ring gets before its reader wakes (tracefs buffer_percent, perf watermark); default 25",
     };
 
     public static readonly Option<int> DiscoveryInterval = new("--discovery-interval-ms")
@@ -109,6 +109,7 @@ internal static class RunCommand
         builder.WebHost.ConfigureKestrel(k => k.Listen(options.Listen));
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton(new VmRegistry());
+        builder.Services.AddSingleton(sp => new SchedstatCollector(sp.GetRequiredService<VmRegistry>()));
         builder.Services.AddSingleton(sp => new Aggregator(CpuTopology.PossibleCpus(), options.SeriesLimit, sp.GetRequiredService<VmRegistry>()));
         builder.Services.AddSingleton<SourceService>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<SourceService>());
