@@ -17,6 +17,9 @@ public sealed class ExpositionContext
     public string SourceRequested { get; init; } = "";
     public string SourceReason { get; init; } = "";
 
+    /// <summary>Run and steal time of the VMs' threads (null: not collected).</summary>
+    public KvmObserve.Aggregation.Discovery.SchedstatCollector? Schedstat { get; init; }
+
     /// <summary>Events the source counted but could not attribute to a VM, per kind.</summary>
     public Func<KvmEventKind, long> Unattributed { get; init; } = static _ => 0;
 }

@@ -54,6 +54,8 @@ public static class MetricsRenderer
             }
         }
 
+        if (context.Schedstat is not null)
+            WriteSchedstat(w, context.Schedstat.Collect());
         WriteSelfMetrics(w, context, seriesPerFamily);
         w.Family("kvmobserve_scrape_duration_seconds", "gauge", "Time spent rendering this scrape.");
         w.Begin("kvmobserve_scrape_duration_seconds").Value(Stopwatch.GetElapsedTime(started).TotalSeconds);
@@ -110,6 +112,31 @@ public static class MetricsRenderer
                 break;
         }
         w.Value(s.Value);
+    }
+
+    /// <summary>vCPU threads per vCPU; the VMM's other threads (I/O, emulation, main loop) per VM.</summary>
+    private static void WriteSchedstat(PrometheusTextWriter w, IReadOnlyList<SchedstatCollector.Totals> totals)
+    {
+        (string Name, string Help, bool Vcpu, bool Steal)[] families =
+        [
+            ("kvm_vcpu_run_seconds_total", "CPU time of each vCPU thread (schedstat).", true, false),
+            ("kvm_vcpu_steal_seconds_total", "Time each vCPU thread was runnable but waiting for a host CPU (schedstat run_delay).", true, true),
+            ("kvm_vmm_threads_run_seconds_total", "CPU time of the VMM's threads that are not vCPUs (schedstat).", false, false),
+            ("kvm_vmm_threads_steal_seconds_total", "Time the VMM's other threads waited for a host CPU (schedstat run_delay).", false, true),
+        ];
+        foreach ((string name, string help, bool vcpu, bool steal) in families)
+        {
+            w.Family(name, "counter", help);
+            foreach (SchedstatCollector.Totals t in totals)
+            {
+                if ((t.Vcpu >= 0) != vcpu)
+                    continue;
+                w.Begin(name).Label("vm", t.Vm);
+                if (vcpu)
+                    w.Label("vcpu", t.Vcpu);
+                w.Value(steal ? t.StealSeconds : t.RunSeconds);
+            }
+        }
     }
 
     private static string ExitReason(ExpositionContext context, uint isa, uint reason) =>

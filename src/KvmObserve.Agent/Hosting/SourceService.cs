@@ -1,4 +1,5 @@
 using KvmObserve.Aggregation;
+using KvmObserve.Aggregation.Discovery;
 using KvmObserve.Exposition;
 using KvmObserve.Native;
 using KvmObserve.Sources;
@@ -14,8 +15,10 @@ namespace KvmObserve.Agent.Hosting;
 /// Picks and runs the event source for the lifetime of the host, and a housekeeping thread that names new threads as
 /// soon as their first series appears (while their VMs still run) and rescans procfs for VMs.
 /// </summary>
-internal sealed class SourceService(AgentOptions options, Aggregator aggregator, ILogger<SourceService> logger) : IHostedService
+internal sealed class SourceService(AgentOptions options, Aggregator aggregator, SchedstatCollector schedstat,
+    ILogger<SourceService> logger) : IHostedService
 {
+    private const int SchedstatIntervalMs = 500;
     private IEventSource? _source;
     private Thread? _housekeeping;
     private readonly CancellationTokenSource _stop = new();
@@ -97,6 +100,7 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
             ExitReasons = source.Decoders.ExitReasons,
             UserspaceExitReasons = source.Decoders.UserspaceExitReasons,
             Unattributed = source.UnattributedOf,
+            Schedstat = schedstat,
         };
         aggregator.Registry.Scan();
         _housekeeping = new Thread(Housekeeping) { IsBackground = true, Name = "kvmobserve housekeeping" };
@@ -107,11 +111,16 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
     private void Housekeeping()
     {
         var reported = new HashSet<int>();
-        DateTime nextScan = DateTime.UtcNow;
+        DateTime nextScan = DateTime.UtcNow, nextSample = DateTime.UtcNow;
         WaitHandle[] wake = [_stop.Token.WaitHandle, aggregator.NewSeries];
         while (WaitHandle.WaitAny(wake, 250) != 0)
         {
             aggregator.ResolveNewThreads();
+            if (DateTime.UtcNow >= nextSample)
+            {
+                schedstat.Sample(); // between scrapes too: a thread's last reading before it exits is kept
+                nextSample = DateTime.UtcNow.AddMilliseconds(SchedstatIntervalMs);
+            }
             if (DateTime.UtcNow >= nextScan)
             {
                 aggregator.Registry.Scan();

@@ -20,6 +20,18 @@ public static class ProcfsParsers
         return null;
     }
 
+    /// <summary>/proc/PID/task/TID/schedstat (Documentation/scheduler/sched-stats.rst): time on the CPU (ns), time
+    /// runnable but waiting for a CPU (run_delay, ns: a vCPU thread's steal as the host sees it), timeslices run.</summary>
+    public static (ulong RunNs, ulong WaitNs)? ParseSchedstat(string schedstat)
+    {
+        string[] f = schedstat.Split(' ', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (f.Length < 2
+            || !ulong.TryParse(f[0], NumberStyles.None, CultureInfo.InvariantCulture, out ulong run)
+            || !ulong.TryParse(f[1], NumberStyles.None, CultureInfo.InvariantCulture, out ulong wait))
+            return null;
+        return (run, wait);
+    }
+
     /// <summary>Field 22 (starttime) of /proc/PID/stat. comm (field 2) may hold spaces and ')', so count from the last ')'.</summary>
     public static ulong? ParseStartTime(string stat)
     {

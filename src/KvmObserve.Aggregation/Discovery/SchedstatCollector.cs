@@ -1,0 +1,62 @@
+using System.Globalization;
+
+namespace KvmObserve.Aggregation.Discovery;
+
+/// <summary>
+/// Run and steal time of each VM's threads from /proc/PID/task/TID/schedstat: a vCPU thread's run_delay (runnable,
+/// not running) is the CPU time its guest was denied. Sampled by the housekeeping loop and at each scrape; a thread's
+/// last reading is kept after it exits, so totals never go back. schedstat is in nanoseconds; totals are in seconds.
+/// </summary>
+public sealed class SchedstatCollector(VmRegistry registry, string procRoot = "/proc")
+{
+    private readonly object _gate = new();
+    private readonly Dictionary<(VmInfo Vm, int Tid), Reading> _threads = new();
+
+    private readonly record struct Reading(int Vcpu, ulong RunNs, ulong WaitNs);
+
+    /// <summary>Per VM name and vCPU (-1: the VMM's other threads together): run and steal seconds.</summary>
+    public readonly record struct Totals(string Vm, int Vcpu, double RunSeconds, double StealSeconds);
+
+    /// <summary>Reads schedstat of every thread of every running VM.</summary>
+    public void Sample()
+    {
+        foreach (VmInfo vm in registry.Vms())
+        {
+            if (vm.ExitedAt is not null)
+                continue;
+            foreach ((int tid, int vcpu) in registry.ThreadsOf(vm))
+            {
+                string path = Path.Combine(procRoot, vm.Pid.ToString(CultureInfo.InvariantCulture), "task",
+                    tid.ToString(CultureInfo.InvariantCulture), "schedstat");
+                string? text;
+                try
+                {
+                    text = File.ReadAllText(path);
+                }
+                catch (IOException) { continue; }
+                catch (UnauthorizedAccessException) { continue; }
+                if (ProcfsParsers.ParseSchedstat(text) is not (ulong run, ulong wait))
+                    continue;
+                lock (_gate)
+                    _threads[(vm, tid)] = new Reading(vcpu, run, wait);
+            }
+        }
+    }
+
+    /// <summary>Samples, then sums per VM name and vCPU (a VM restarted under its name continues its totals).</summary>
+    public IReadOnlyList<Totals> Collect()
+    {
+        Sample();
+        var sums = new Dictionary<(string, int), (ulong Run, ulong Wait)>();
+        lock (_gate)
+        {
+            foreach (((VmInfo vm, _), Reading r) in _threads)
+            {
+                (ulong run, ulong wait) = sums.GetValueOrDefault((vm.Name, r.Vcpu));
+                sums[(vm.Name, r.Vcpu)] = (run + r.RunNs, wait + r.WaitNs);
+            }
+        }
+        return sums.Select(kv => new Totals(kv.Key.Item1, kv.Key.Item2, kv.Value.Run / 1e9, kv.Value.Wait / 1e9))
+            .OrderBy(t => t.Vm, StringComparer.Ordinal).ThenBy(t => t.Vcpu).ToList();
+    }
+}

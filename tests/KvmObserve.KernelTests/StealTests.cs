@@ -1,0 +1,45 @@
+using System.Diagnostics;
+using System.Text.Json;
+using KvmObserve.Native;
+
+namespace KvmObserve.KernelTests;
+
+/// <summary>A vCPU pinned to CPU 0 next to a busy thread pinned there too waits about as long as it runs: the agent's
+/// steal (schedstat run_delay) and run time show it, in seconds.</summary>
+public class StealTests
+{
+    [KernelFact]
+    public void A_vcpu_sharing_its_cpu_with_a_hog_shows_steal_in_seconds()
+    {
+        using Agent agent = Agent.Start();
+        using var stop = new CancellationTokenSource();
+        var hog = new Thread(() =>
+        {
+            Sys.PinCurrentThread(0);
+            while (!stop.IsCancellationRequested) { }
+        }) { IsBackground = true, Name = "cpu0 hog" };
+        hog.Start();
+        string name = $"steal{Environment.ProcessId}";
+        var wall = Stopwatch.StartNew();
+        JsonElement report;
+        try
+        {
+            report = Agent.Load("--mode", "pio", "--count", "20000", "--duration", "3", "--pin", "--name", name);
+        }
+        finally
+        {
+            stop.Cancel();
+            hog.Join();
+        }
+        double seconds = wall.Elapsed.TotalSeconds;
+        Assert.Equal(name, report.GetProperty("vms")[0].GetProperty("name").GetString());
+        Metrics m = agent.Scrape();
+        double run = m.Sum("kvm_vcpu_run_seconds_total", ("vm", name), ("vcpu", "0"));
+        double steal = m.Sum("kvm_vcpu_steal_seconds_total", ("vm", name), ("vcpu", "0"));
+        // ~3 s of guest time shared half and half with the hog, less up to one 0.5 s sample lost at the VM's exit
+        Assert.InRange(run, 0.5, seconds);
+        Assert.InRange(steal, 0.5, seconds);
+        Assert.InRange(run + steal, 1.5, seconds);
+        Assert.True(m.Sum("kvm_vmm_threads_run_seconds_total", ("vm", name)) > 0, "the VMM's other threads ran too");
+    }
+}
