@@ -20,6 +20,11 @@ public class ProcfsParserTests
     [InlineData("worker", null)]
     [InlineData("CPU x/KVM", null)]
     [InlineData("CPU 3/TCG", null)]
+    [InlineData("fc_vcpu 2", 2)]
+    [InlineData("crosvm_vcpu7", 7)]
+    [InlineData("vcpu15", 15)]
+    [InlineData("vcpu-helper", null)]
+    [InlineData("fc_api", null)]
     public void Vcpu_index_from_qemu_thread_names(string comm, int? vcpu) =>
         Assert.Equal(vcpu, ProcfsParsers.VcpuFromThreadName(comm));
 
@@ -29,9 +34,15 @@ public class ProcfsParserTests
     [InlineData("/opt/kvmobserve\0load\0--vm-child\0--name\0t-0\0", "t-0", "kvmobserve-load", "")]
     [InlineData("/usr/bin/dotnet\0/x/kvmobserve.dll\0load\0--name=t-1\0", "t-1", "kvmobserve-load", "")]
     [InlineData("/usr/bin/firecracker\0--api-sock\0/tmp/s\0", "firecracker-77", "firecracker", "")]
+    [InlineData("/usr/bin/firecracker\0--id\0fn-42\0--api-sock\0/tmp/s\0", "fn-42", "firecracker", "")]
+    [InlineData("firecracker\0--id\0anonymous-instance\0", "firecracker-77", "firecracker", "")]
+    [InlineData("/usr/bin/cloud-hypervisor\0--api-socket\0path=/run/ch/web-2.sock\0--cpus\0boot=2\0", "web-2", "cloud-hypervisor", "")]
+    [InlineData("/usr/bin/cloud-hypervisor\0--api-socket\0fd=3\0", "cloud-hyperviso-77", "cloud-hypervisor", "")]
+    [InlineData("/usr/bin/crosvm\0run\0--socket\0/run/crosvm/db.sock\0vmlinux\0", "db", "crosvm", "")]
     public void Vm_names_from_command_lines(string cmdline, string name, string vmm, string uuid)
     {
-        string comm = cmdline.Contains("firecracker") ? "firecracker" : cmdline.Contains("qemu") ? "qemu-system-x86" : "kvmobserve";
+        string comm = cmdline.Contains("firecracker") ? "firecracker" : cmdline.Contains("qemu") ? "qemu-system-x86"
+            : cmdline.Contains("cloud-hypervisor") ? "cloud-hyperviso" : cmdline.Contains("crosvm") ? "crosvm" : "kvmobserve";
         (string n, string v, string u) = ProcfsParsers.IdentifyVm(ProcfsParsers.SplitCmdline(cmdline), comm, 77);
         Assert.Equal((name, vmm, uuid), (n, v, u));
     }

@@ -43,25 +43,38 @@ public static class ProcfsParsers
         return rest.Length > 19 && ulong.TryParse(rest[19], NumberStyles.None, CultureInfo.InvariantCulture, out ulong v) ? v : null;
     }
 
-    /// <summary>The vCPU index QEMU puts in its vCPU thread names ("CPU 3/KVM"), as `load` does too.</summary>
+    /// <summary>
+    /// The vCPU index VMMs put in their vCPU thread names: QEMU "CPU 3/KVM" (as `load` names them too), Firecracker
+    /// "fc_vcpu 3", crosvm "crosvm_vcpu3", cloud-hypervisor "vcpu3".
+    /// </summary>
     public static int? VcpuFromThreadName(string comm)
     {
         ReadOnlySpan<char> s = comm.AsSpan().Trim();
-        if (!s.StartsWith("CPU ", StringComparison.Ordinal))
-            return null;
-        s = s[4..];
-        int slash = s.IndexOf('/');
-        if (slash < 0 || !s[(slash + 1)..].StartsWith("KVM", StringComparison.Ordinal))
-            return null;
-        return int.TryParse(s[..slash], NumberStyles.None, CultureInfo.InvariantCulture, out int n) ? n : null;
+        if (s.StartsWith("CPU ", StringComparison.Ordinal))
+        {
+            s = s[4..];
+            int slash = s.IndexOf('/');
+            if (slash < 0 || !s[(slash + 1)..].StartsWith("KVM", StringComparison.Ordinal))
+                return null;
+            return Index(s[..slash]);
+        }
+        foreach (string prefix in (ReadOnlySpan<string>)["fc_vcpu ", "crosvm_vcpu", "vcpu"])
+        {
+            if (s.StartsWith(prefix, StringComparison.Ordinal))
+                return Index(s[prefix.Length..]);
+        }
+        return null;
     }
+
+    private static int? Index(ReadOnlySpan<char> digits) =>
+        int.TryParse(digits, NumberStyles.None, CultureInfo.InvariantCulture, out int n) ? n : null;
 
     /// <summary>Splits /proc/PID/cmdline (NUL-separated).</summary>
     public static string[] SplitCmdline(string cmdline) => cmdline.Split('\0', StringSplitOptions.RemoveEmptyEntries);
 
     /// <summary>
-    /// Names a VM from its command line: QEMU's -name guest=X,... or -name X (and -uuid), `kvmobserve load`'s --name X;
-    /// otherwise comm-pid.
+    /// Names a VM from its command line: QEMU's -name guest=X,... or -name X (and -uuid), `kvmobserve load`'s --name X,
+    /// Firecracker's --id X, cloud-hypervisor's --api-socket and crosvm's --socket file names; otherwise comm-pid.
     /// </summary>
     public static (string Name, string Vmm, string Uuid) IdentifyVm(string[] argv, string comm, int pid)
     {
@@ -84,7 +97,39 @@ public static class ProcfsParsers
             vmm = "kvmobserve-load";
             name = OptionValue(argv, "--name");
         }
+        else if (program.StartsWith("firecracker", StringComparison.Ordinal) || comm.StartsWith("firecracker", StringComparison.Ordinal))
+        {
+            vmm = "firecracker";
+            name = OptionValue(argv, "--id") is { } id && id != "anonymous-instance" ? id : null; // Firecracker's default id
+        }
+        else if (program.StartsWith("cloud-hypervisor", StringComparison.Ordinal) || comm.StartsWith("cloud-hyperviso", StringComparison.Ordinal))
+        {
+            vmm = "cloud-hypervisor";
+            name = SocketName(OptionValue(argv, "--api-socket")); // it has no name option; its API socket names it
+        }
+        else if (program.StartsWith("crosvm", StringComparison.Ordinal) || comm.StartsWith("crosvm", StringComparison.Ordinal))
+        {
+            vmm = "crosvm";
+            name = SocketName(OptionValue(argv, "--socket") ?? OptionValue(argv, "-s"));
+        }
         return (string.IsNullOrEmpty(name) ? $"{comm}-{pid}" : name, vmm, uuid ?? "");
+    }
+
+    /// <summary>"path=/run/vm/web.sock,fd=3" or "/run/vm/web.sock" gives "web".</summary>
+    private static string? SocketName(string? option)
+    {
+        if (string.IsNullOrEmpty(option))
+            return null;
+        string path = option;
+        foreach (string part in option.Split(','))
+        {
+            if (part.StartsWith("path=", StringComparison.Ordinal))
+                path = part["path=".Length..];
+        }
+        if (path.Contains('=')) // only fd=N or other settings: no path to name it by
+            return null;
+        string name = Path.GetFileNameWithoutExtension(path);
+        return name.Length > 0 ? name : null;
     }
 
     private static bool IsKvmObserveLoad(string[] argv)
