@@ -117,6 +117,7 @@ public sealed class PerfCountingSource : IEventSource
 
     private void Run()
     {
+        string? lastWarning = null;
         while (!_stop.Token.WaitHandle.WaitOne(_options.PollTimeoutMs))
         {
             try
@@ -125,7 +126,9 @@ public sealed class PerfCountingSource : IEventSource
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
-                Warn?.Invoke($"perf-count: {e.Message}");
+                if (e.Message != lastWarning) // one line per distinct problem, not one per poll
+                    Warn?.Invoke($"perf-count: {e.Message}");
+                lastWarning = e.Message;
             }
         }
     }
