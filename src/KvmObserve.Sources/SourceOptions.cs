@@ -27,4 +27,9 @@ public sealed class SourceOptions
 
     public bool Wants(Tracepoint tracepoint) =>
         Events is null || Events.Contains(tracepoint.Name) || Events.Contains(tracepoint.FullName);
+
+    /// <summary>Each known tracepoint, enabled when this kernel has it and it is wanted (for sources whose enabling
+    /// cannot fail separately; tracefs asks its instance).</summary>
+    public IReadOnlyList<TracepointState> Select(IEnumerable<TracepointStatus> statuses) =>
+        statuses.Select(s => new TracepointState(s, s.Available && Wants(s.Tracepoint))).ToList();
 }

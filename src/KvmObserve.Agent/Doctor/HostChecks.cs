@@ -64,9 +64,7 @@ internal static class HostChecks
         }
         if (host.TracefsRoot is null || host.PerfProblem is not null)
             yield break;
-        var counting = new KvmObserve.Sources.PerfCount.PerfCountingSource(new SourceOptions(), new Aggregator(1, 1, new VmRegistry()),
-            host.TracefsRoot, [0]);
-        int perThread = KvmObserve.Sources.PerfCount.CounterPlan.ForVcpuThreads(counting.Decoders, _ => true,
+        int perThread = KvmObserve.Sources.PerfCount.CounterPlan.ForVcpuThreads(new TracefsFormats(host.TracefsRoot).Decoders(), _ => true,
             KvmObserve.Sources.PerfCount.HostIsa.Detect(), new KvmObserve.Sources.PerfCount.CountingKeys()).Counters.Count;
         (ulong soft, ulong hard) = FdLimit.Get();
         yield return new Finding(soft >= (ulong)perThread * 64 ? Verdict.Ok : Verdict.Warn, "perf-count fds",

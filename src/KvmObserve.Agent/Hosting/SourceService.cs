@@ -64,20 +64,13 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
             DiscoveryIntervalMs = options.DiscoveryIntervalMs,
             Events = MetricSelection.TracepointsFor(options.Metrics),
         };
-        if (name != "tracefs") // the tracefs source does this itself, and reports what it removed
-        {
-            foreach (string stale in TracefsInstance.RemoveStale(host.TracefsRoot!))
-                Log.StaleInstanceRemoved(logger, stale);
-        }
+        // Whatever source runs, instances of agents that died are removed (the tracefs source would do it again).
+        foreach (string stale in TracefsInstance.RemoveStale(host.TracefsRoot!))
+            Log.StaleInstanceRemoved(logger, stale);
         _source = Create(name, sourceOptions, aggregator, host.TracefsRoot!);
         if (_source is PerfCountingSource counting)
             counting.Warn = message => Log.SourceWarning(logger, message);
         _source.Start();
-        if (_source is TracefsSource tracefs)
-        {
-            foreach (string stale in tracefs.RemovedStale)
-                Log.StaleInstanceRemoved(logger, stale);
-        }
         foreach (TracepointState t in _source.Tracepoints)
         {
             if (!t.Enabled)

@@ -97,8 +97,6 @@ internal sealed unsafe class PerfCpuRing
 
     internal long Wakeups;
 
-    public int Fds => _events.Count;
-
     internal static PerfEventAttr SamplingAttr(int tracepointId, long ringBytes, int wakeupPercent)
     {
         var attr = new PerfEventAttr
@@ -140,16 +138,14 @@ internal sealed unsafe class PerfCpuRing
     {
         if (_thread.ThreadState != ThreadState.Unstarted)
             _thread.Join();
-        _ring.Dispose();
+        Release();
     }
-
-    /// <summary>The event fds, for the owner to close (all CPUs' together: see <see cref="PerfFds"/>).</summary>
-    public IReadOnlyList<SafeFd> EventFds => _events;
 
     private void Release()
     {
         _ring?.Dispose();
-        PerfFds.DisposeAll(_events);
+        foreach (SafeFd e in _events)
+            e.Dispose();
         _events.Clear();
     }
 

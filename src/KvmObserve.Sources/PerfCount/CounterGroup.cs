@@ -76,8 +76,9 @@ internal sealed class CounterGroup : IDisposable
 
     public void Dispose() => Dispose(_fds);
 
-    /// <summary>The members' fds, for an owner that closes many groups at once (<see cref="PerfFds"/>).</summary>
-    public IReadOnlyList<SafeFd> Fds => _fds;
-
-    private static void Dispose(IEnumerable<SafeFd> fds) => PerfFds.DisposeAll(fds);
+    private static void Dispose(IEnumerable<SafeFd> fds)
+    {
+        foreach (SafeFd fd in fds)
+            fd.Dispose();
+    }
 }

@@ -2,7 +2,6 @@ using KvmObserve.Aggregation;
 using KvmObserve.Aggregation.Discovery;
 using KvmObserve.Decoding.Events;
 using KvmObserve.Native;
-using KvmObserve.Native.Perf;
 using KvmObserve.Sources.Tracefs;
 
 namespace KvmObserve.Sources.PerfCount;
@@ -34,7 +33,7 @@ public sealed class PerfCountingSource : IEventSource
     private CounterPlan? _vcpuPlan, _otherPlan, _totalsPlan;
     private Thread? _thread;
     private Action? _refresher;
-    private List<TracepointState> _tracepoints = new();
+    private IReadOnlyList<TracepointState> _tracepoints = [];
     private DateTime _nextScan, _lastScan;
     private const int MinRescanMs = 200;
     private long _lastUnattributedSum;
@@ -61,22 +60,12 @@ public sealed class PerfCountingSource : IEventSource
     /// <summary>Warnings worth one log line each (fd limit reached, a thread that could not be attached).</summary>
     public Action<string>? Warn { get; set; }
 
-    /// <summary>Counters per vCPU thread (for doctor and the README's fd arithmetic).</summary>
-    public int CountersPerVcpuThread => _vcpuPlan?.Counters.Count ?? 0;
-
-    public int OpenFds { get { lock (_gate) return _openFds; } }
-
-    public int AttachedThreads { get { lock (_gate) return _threads.Count; } }
-
     /// <summary>Events the system-wide counters saw that no attached thread accounts for (threads not yet attached).</summary>
     public long UnattributedOf(KvmEventKind kind) { lock (_gate) return _unattributed[(int)kind]; }
 
     public void Start()
     {
-        var states = new List<TracepointState>();
-        foreach (TracepointStatus status in Decoders.Statuses)
-            states.Add(new TracepointState(status, status.Available && _options.Wants(status.Tracepoint)));
-        _tracepoints = states;
+        _tracepoints = _options.Select(Decoders.Statuses);
         _vcpuPlan = CounterPlan.ForVcpuThreads(Decoders, _options.Wants, _hostIsa, _keys);
         _otherPlan = CounterPlan.ForOtherThreads(Decoders, _options.Wants);
         _totalsPlan = CounterPlan.TotalsOnly(Decoders, _options.Wants);
@@ -247,7 +236,7 @@ public sealed class PerfCountingSource : IEventSource
         for (int k = 0; k < _retiredTotals.Length; k++)
             _retiredTotals[k] += t.Totals[k];
         _threads.Remove(t.Tid);
-        _openFds -= t.Fds.Count;
+        _openFds -= t.Fds;
         t.Dispose();
     }
 
@@ -292,12 +281,10 @@ public sealed class PerfCountingSource : IEventSource
                 CollectThreads();
                 ReadSystemTotals();
             }
-            var fds = new List<SafeFd>();
             foreach (ThreadCounters t in _threads.Values)
-                fds.AddRange(t.Fds);
+                t.Dispose();
             foreach (CounterGroup g in _systemGroups)
-                fds.AddRange(g.Fds);
-            PerfFds.DisposeAll(fds);
+                g.Dispose();
             _threads.Clear();
             _systemGroups.Clear();
             _openFds = 0;

@@ -13,7 +13,7 @@ internal sealed class ThreadCounters(int tid, CounterPlan plan, CounterGroup gro
 
     public int Tid { get; } = tid;
     public CounterPlan Plan { get; } = plan;
-    public IReadOnlyList<KvmObserve.Native.SafeFd> Fds => group.Fds;
+    public int Fds => group.Size;
 
     /// <summary>This thread's events per kind at the last read (for what is attributed).</summary>
     public long[] Totals { get; } = new long[Enum.GetValues<KvmEventKind>().Length];

@@ -43,9 +43,6 @@ public sealed class TracefsSource : IEventSource
 
     public IReadOnlyList<TracepointState> Tracepoints => _tracepoints;
 
-    /// <summary>Names of stale instances removed at start.</summary>
-    public IReadOnlyList<string> RemovedStale { get; private set; } = [];
-
     public IReadOnlyList<int> Cpus => _readers.Select(r => r.Cpu).ToList();
 
     public long Wakeups => _readers.Sum(r => Interlocked.Read(ref r.Wakeups));
@@ -57,7 +54,7 @@ public sealed class TracefsSource : IEventSource
             throw new NotSupportedException($"tracefs ring buffer layout not supported: {headerProblem}");
         PageHeaderFormat layout = Formats.PageHeader();
 
-        RemovedStale = TracefsInstance.RemoveStale(Formats.Root);
+        TracefsInstance.RemoveStale(Formats.Root); // instances of agents that died; the agent logs them itself
         _instance = TracefsInstance.Create(Formats.Root);
         try
         {
