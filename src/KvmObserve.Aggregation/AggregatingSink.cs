@@ -4,7 +4,10 @@ using KvmObserve.Decoding.Events;
 
 namespace KvmObserve.Aggregation;
 
-/// <summary>The hot path: each decoded record becomes one counter increment in the reader's own shard.</summary>
+/// <summary>
+/// The hot path: each decoded record becomes a counter increment in the reader's own shard; the records that start
+/// or end something (kvm_exit, kvm_entry, kvm_userspace_exit, halts) also go through the thread's shared state.
+/// </summary>
 public readonly struct AggregatingSink(Shard shard) : IKvmEventSink
 {
     private const int NoVcpu = -1;
@@ -24,57 +27,304 @@ public readonly struct AggregatingSink(Shard shard) : IKvmEventSink
         Shard.Series.Counter(new SeriesKey(c.Tid, vcpu, family, label1, label2))++;
     }
 
+    /// <summary>Finds the thread's state (-1: table full) and ends its userspace round trip if one is open: any record
+    /// of the thread means it is back in KVM_RUN.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private int Track(in EventContext c)
+    {
+        ThreadStates states = Shard.States;
+        states.Advance(c.Cpu, c.Timestamp);
+        int slot = states.Find(c.Tid, ref Shard.StateCache);
+        if (slot >= 0 && states.UserspacePending(slot))
+            EndUserspace(slot, in c);
+        return slot;
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void EndUserspace(int slot, in EventContext c)
+    {
+        ThreadStates states = Shard.States;
+        ref ThreadStates.Slot s = ref states.Lock(slot);
+        if (s.Tid == c.Tid && s.UserTs != 0 && c.Timestamp >= s.UserTs) // an older record (a CPU read behind) does not end it
+        {
+            bool intact = c.Cpu == s.UserCpu
+                ? states.LossGeneration(c.Cpu) == s.UserLossGeneration
+                : states.GlobalLossGeneration == s.UserGlobalLossGeneration;
+            ulong ns = c.Timestamp - s.UserTs;
+            uint reason = s.UserReason, errnoClass = s.UserErrnoClass;
+            s.UserTs = 0;
+            ThreadStates.Unlock(ref s);
+            if (intact)
+                Observe(MetricFamily.UserspaceLatency, c.Tid, reason, errnoClass, ns);
+            else
+                states.CountDropped(PairKind.Userspace, PairDrop.Gap);
+            return;
+        }
+        ThreadStates.Unlock(ref s);
+    }
+
+    /// <summary>One histogram observation: its bucket and its sum (ns), per VM (the thread names the VM).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void Observe(MetricFamily family, int tid, uint label1, ulong extra, ulong ns)
+    {
+        SeriesTable series = Shard.Series;
+        series.Counter(new SeriesKey(tid, NoVcpu, family, label1, LatencyBuckets.Label2(extra, LatencyBuckets.Index(ns))))++;
+        series.Counter(new SeriesKey(tid, NoVcpu, family, label1, LatencyBuckets.Label2(extra, LatencyBuckets.SumSlot))) += (long)ns;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void LearnVcpu(int slot, int vcpu)
+    {
+        if (slot >= 0 && vcpu >= 0)
+            Shard.States.SetVcpu(slot, vcpu);
+    }
+
     public void OnExit(in EventContext context, in ExitRecord record)
     {
+        int slot = Track(in context);
         Count(KvmEventKind.Exit, context, record.Vcpu, MetricFamily.Exits, record.Reason, record.Isa);
         if (record.FailedVmEntry)
             Shard.Series.Counter(new SeriesKey(context.Tid, record.Vcpu, MetricFamily.FailedVmEntries, record.Reason, 0))++;
+        if (slot < 0)
+            return;
+        ThreadStates states = Shard.States;
+        ref ThreadStates.Slot s = ref states.Lock(slot);
+        if (s.Tid != context.Tid)
+        {
+            ThreadStates.Unlock(ref s);
+            return;
+        }
+        if (record.Vcpu >= 0)
+            s.Vcpu = record.Vcpu;
+        bool paired = states.TryPairOrphan(ref s, out ThreadStates.Pair pair, out bool gap);
+        ulong ts = context.Timestamp;
+        DropStale(ref s, ts);
+        if (s.ExitTs == 0 || s.ExitTs < ts)
+        {
+            if (s.ExitTs != 0)
+                states.CountDropped(PairKind.Exit, PairDrop.Unmatched); // the waiting exit's entry never came
+            s.ExitTs = ts;
+            s.ExitReason = record.Reason;
+            s.ExitIsa = record.Isa;
+            s.ExitCpu = context.Cpu;
+            s.ExitLossGeneration = states.LossGeneration(context.Cpu);
+            s.ExitGlobalLossGeneration = states.GlobalLossGeneration;
+        }
+        else if (s.OrphanEntryTs > ts && s.OlderTs == 0)
+        {
+            // Older than the exit waiting, read late from a CPU behind the others: it may end at the orphan entry.
+            s.OlderTs = ts;
+            s.OlderReason = record.Reason;
+            s.OlderIsa = record.Isa;
+            s.OlderCpu = context.Cpu;
+            s.OlderGlobalLossGeneration = states.GlobalLossGeneration;
+        }
+        else
+        {
+            states.CountDropped(PairKind.Exit, PairDrop.Unmatched);
+        }
+        ThreadStates.Unlock(ref s);
+        if (paired)
+            Record(pair, gap);
     }
 
-    // kvm_entry feeds exit latency (pairing per thread), which comes with the depth work; here it is only counted.
-    public void OnEntry(in EventContext context, in EntryRecord record) => Shard.CountEvent(KvmEventKind.Entry);
+    public void OnEntry(in EventContext context, in EntryRecord record)
+    {
+        int slot = Track(in context);
+        Shard.CountEvent(KvmEventKind.Entry);
+        if (slot < 0)
+            return;
+        ThreadStates states = Shard.States;
+        ref ThreadStates.Slot s = ref states.Lock(slot);
+        if (s.Tid != context.Tid)
+        {
+            ThreadStates.Unlock(ref s);
+            return;
+        }
+        if (record.Vcpu >= 0)
+            s.Vcpu = record.Vcpu;
+        bool pairedOrphan = states.TryPairOrphan(ref s, out ThreadStates.Pair orphanPair, out bool orphanGap);
+        ulong ts = context.Timestamp;
+        DropStale(ref s, ts);
+        ThreadStates.Pair pair = default;
+        bool paired = false, gap = false;
+        // The waiting exit ends here if it was on this CPU, or if its CPU has been read past this entry (no entry of
+        // the thread can still come between them).
+        if (s.ExitTs != 0 && s.ExitTs <= ts && (s.ExitCpu == context.Cpu || states.Watermark(s.ExitCpu) >= ts))
+        {
+            gap = s.ExitCpu == context.Cpu
+                ? states.LossGeneration(context.Cpu) != s.ExitLossGeneration
+                : states.GlobalLossGeneration != s.ExitGlobalLossGeneration;
+            pair = new ThreadStates.Pair(context.Tid, s.ExitReason, s.ExitIsa, ts - s.ExitTs);
+            paired = true;
+            s.ExitTs = 0;
+        }
+        else if (s.OlderTs != 0 && s.OlderTs <= ts && (s.OlderCpu == context.Cpu || states.Watermark(s.OlderCpu) >= ts))
+        {
+            gap = states.GlobalLossGeneration != s.OlderGlobalLossGeneration;
+            pair = new ThreadStates.Pair(context.Tid, s.OlderReason, s.OlderIsa, ts - s.OlderTs);
+            paired = true;
+            s.OlderTs = 0;
+        }
+        else
+        {
+            // No exit to end yet: it is in a ring read behind this one (paired later), was lost, or came before the agent.
+            if (s.OrphanEntryTs != 0)
+                states.CountDropped(PairKind.Exit, PairDrop.Unmatched);
+            s.OrphanEntryTs = ts;
+            s.OrphanCpu = context.Cpu;
+            s.OrphanGlobalLossGeneration = states.GlobalLossGeneration;
+        }
+        ThreadStates.Unlock(ref s);
+        if (pairedOrphan)
+            Record(orphanPair, orphanGap);
+        if (paired)
+            Record(pair, gap);
+    }
+
+    /// <summary>Under the slot's lock: an exit or orphan entry older than the horizon beside a newer record ended long
+    /// ago without its other half.</summary>
+    private void DropStale(ref ThreadStates.Slot s, ulong ts)
+    {
+        if (s.OrphanEntryTs != 0 && s.OrphanEntryTs + ThreadStates.HorizonNs < ts)
+        {
+            s.OrphanEntryTs = 0;
+            Shard.States.CountDropped(PairKind.Exit, PairDrop.Unmatched);
+        }
+        if (s.OlderTs != 0 && s.OlderTs + ThreadStates.HorizonNs < ts)
+        {
+            s.OlderTs = 0;
+            Shard.States.CountDropped(PairKind.Exit, PairDrop.Unmatched);
+        }
+    }
+
+    private void Record(in ThreadStates.Pair pair, bool gap)
+    {
+        if (gap)
+            Shard.States.CountDropped(PairKind.Exit, PairDrop.Gap);
+        else if (pair.Ns > ThreadStates.HorizonNs)
+            Shard.States.CountDropped(PairKind.Exit, PairDrop.Unmatched);
+        else
+            Observe(MetricFamily.ExitLatency, pair.Tid, pair.Reason, pair.Isa, pair.Ns);
+    }
 
     public void OnUserspaceExit(in EventContext context, in UserspaceExitRecord record)
     {
+        int slot = Track(in context); // ends the previous round trip first
         // An errno instead of an exit: -EINTR is a signal-driven restart, anything else a failed KVM_RUN.
         ulong errno = record.Errno >= 0 ? 0UL : record.Errno == -4 ? 1UL : 2UL;
-        Count(KvmEventKind.UserspaceExit, context, NoVcpu, MetricFamily.UserspaceExits, errno == 0 ? record.Reason : 0, errno);
+        uint reason = errno == 0 ? record.Reason : 0;
+        Count(KvmEventKind.UserspaceExit, context, NoVcpu, MetricFamily.UserspaceExits, reason, errno);
+        if (slot < 0)
+            return;
+        ThreadStates states = Shard.States;
+        ref ThreadStates.Slot s = ref states.Lock(slot);
+        if (s.Tid == context.Tid && context.Timestamp > s.UserTs)
+        {
+            s.UserReason = reason;
+            s.UserErrnoClass = (uint)errno;
+            s.UserCpu = context.Cpu;
+            s.UserLossGeneration = states.LossGeneration(context.Cpu);
+            s.UserGlobalLossGeneration = states.GlobalLossGeneration;
+            Volatile.Write(ref s.UserTs, context.Timestamp);
+        }
+        ThreadStates.Unlock(ref s);
     }
 
-    public void OnPio(in EventContext context, in PioRecord record) =>
+    public void OnPio(in EventContext context, in PioRecord record)
+    {
+        Track(in context);
         Count(KvmEventKind.Pio, context, NoVcpu, MetricFamily.Pio, record.Port, record.Write ? 1UL : 0UL);
+    }
 
-    public void OnMmio(in EventContext context, in MmioRecord record) =>
+    public void OnMmio(in EventContext context, in MmioRecord record)
+    {
+        Track(in context);
         Count(KvmEventKind.Mmio, context, NoVcpu, MetricFamily.Mmio, record.Type, record.Gpa >> 12);
+    }
 
-    public void OnMsr(in EventContext context, in MsrRecord record) =>
+    public void OnMsr(in EventContext context, in MsrRecord record)
+    {
+        Track(in context);
         Count(KvmEventKind.Msr, context, NoVcpu, MetricFamily.Msr, record.Msr, record.Write ? 1UL : 0UL);
+    }
 
-    public void OnCpuid(in EventContext context, in CpuidRecord record) =>
+    public void OnCpuid(in EventContext context, in CpuidRecord record)
+    {
+        Track(in context);
         Count(KvmEventKind.Cpuid, context, NoVcpu, MetricFamily.Cpuid, record.Function);
+    }
 
-    public void OnEmulateInsn(in EventContext context, in EmulateInsnRecord record) =>
+    public void OnEmulateInsn(in EventContext context, in EmulateInsnRecord record)
+    {
+        Track(in context);
         Count(KvmEventKind.EmulateInsn, context, NoVcpu, MetricFamily.EmulatedInstructions, 0);
+    }
 
-    public void OnInjectedException(in EventContext context, in InjectedExceptionRecord record) =>
+    public void OnInjectedException(in EventContext context, in InjectedExceptionRecord record)
+    {
+        Track(in context);
         Count(KvmEventKind.InjectedException, context, NoVcpu, MetricFamily.InjectedExceptions, record.Vector);
+    }
 
     public void OnVcpuWakeup(in EventContext context, in VcpuWakeupRecord record)
     {
-        // Without the vCPU's poll window at halt time, a wait is reported as waited; the poll_fail split comes with
-        // per-thread halt state.
-        HaltOutcome outcome = record.Waited ? HaltOutcome.Waited : HaltOutcome.PollSuccess;
-        Count(KvmEventKind.VcpuWakeup, context, NoVcpu, MetricFamily.HaltWakeups, (uint)outcome);
+        int slot = Track(in context);
+        long pollAtStart = -1;
+        int vcpu = NoVcpu;
+        if (slot >= 0)
+        {
+            ref ThreadStates.Slot s = ref Shard.States.Lock(slot);
+            if (s.Tid == context.Tid)
+            {
+                // A grow or shrink made as this halt ended was traced just before it: its old value is the window the
+                // halt started with. Without one, the window is the one the last change left.
+                pollAtStart = s.PollAtHalt >= 0 ? s.PollAtHalt : s.PollNs;
+                s.PollAtHalt = -1;
+                vcpu = s.Vcpu;
+            }
+            ThreadStates.Unlock(ref s);
+        }
+        HaltOutcome outcome = (record.Waited, pollAtStart) switch
+        {
+            (_, < 0) => HaltOutcome.Unknown,
+            (false, 0) => HaltOutcome.Immediate,
+            (false, _) => HaltOutcome.PollSuccess,
+            (true, 0) => HaltOutcome.Waited,
+            (true, _) => HaltOutcome.PollFail,
+        };
+        Count(KvmEventKind.VcpuWakeup, context, vcpu, MetricFamily.HaltWakeups, (uint)outcome);
+        Observe(MetricFamily.HaltDuration, context.Tid, (uint)outcome, 0, record.Ns);
     }
 
-    public void OnHaltPollNs(in EventContext context, in HaltPollNsRecord record) =>
+    public void OnHaltPollNs(in EventContext context, in HaltPollNsRecord record)
+    {
+        int slot = Track(in context);
+        if (slot >= 0)
+        {
+            ref ThreadStates.Slot s = ref Shard.States.Lock(slot);
+            if (s.Tid == context.Tid)
+            {
+                if (s.PollAtHalt < 0)
+                    s.PollAtHalt = record.Old;
+                Volatile.Write(ref s.PollNs, record.New);
+                if (record.Vcpu >= 0)
+                    s.Vcpu = record.Vcpu;
+            }
+            ThreadStates.Unlock(ref s);
+        }
         Count(KvmEventKind.HaltPollNs, context, record.Vcpu, MetricFamily.HaltPollNsChanges, record.Grow ? 1u : 0u);
+    }
 
-    public void OnPageFault(in EventContext context, in PageFaultRecord record) =>
+    public void OnPageFault(in EventContext context, in PageFaultRecord record)
+    {
+        LearnVcpu(Track(in context), record.Vcpu);
         Count(KvmEventKind.PageFault, context, record.Vcpu, MetricFamily.MmuPageFaults, (uint)ClassifyFault(record.ErrorCode));
+    }
 
     public void OnFastPageFault(in EventContext context, in FastPageFaultRecord record)
     {
+        LearnVcpu(Track(in context), record.Vcpu);
         PageFaultKind kind = record.Ret switch
         {
             RetPfFixed => PageFaultKind.FastFixed,
@@ -84,8 +334,11 @@ public readonly struct AggregatingSink(Shard shard) : IKvmEventSink
         Count(KvmEventKind.FastPageFault, context, record.Vcpu, MetricFamily.MmuPageFaults, (uint)kind);
     }
 
-    public void OnMmuEvent(in EventContext context, KvmEventKind kind) =>
+    public void OnMmuEvent(in EventContext context, KvmEventKind kind)
+    {
+        Track(in context);
         Count(kind, context, NoVcpu, MetricFamily.MmuEvents, (uint)kind);
+    }
 
     public void OnDecodeError(int cpu, KvmEventKind kind) => Shard.CountDecodeError(kind);
 

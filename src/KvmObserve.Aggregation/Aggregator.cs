@@ -3,26 +3,59 @@ using KvmObserve.Aggregation.Series;
 
 namespace KvmObserve.Aggregation;
 
+/// <summary>What bounds the aggregates (README documents each).</summary>
+public sealed record AggregatorOptions
+{
+    /// <summary>Hard limit of label sets per metric family; past it, new ones count into the overflow series.</summary>
+    public int FamilyLimit { get; init; } = 10_000;
+
+    /// <summary>Keys (ports, pages, MSRs, leaves, vectors) per VM and family with their own series.</summary>
+    public int TopK { get; init; } = 16;
+
+    /// <summary>How long a VM's series stay after it exits (a VM restarted under its name within it continues them).</summary>
+    public TimeSpan VmGrace { get; init; } = TimeSpan.FromMinutes(2);
+
+    /// <summary>Hot-path entries per reader (thread × family × labels seen since they were last compacted away).</summary>
+    public int ShardSeries { get; init; } = 16_384;
+
+    /// <summary>Threads whose pairing and halt state the hot path keeps at once.</summary>
+    public int Threads { get; init; } = 16_384;
+}
+
 /// <summary>
-/// Owns one <see cref="Shard"/> per reader and the VM registry. Readers write their shard; <see cref="Snapshot"/>
-/// resolves threads to VMs and vCPUs and merges the shards into the series the exporters print.
+/// Owns one <see cref="Shard"/> per reader, the threads' shared state and the VM registry. Readers write their shard;
+/// <see cref="Fold"/> resolves threads to VMs and vCPUs and moves what the shards counted into the
+/// <see cref="SeriesStore"/>, which the exporters read. Folding runs at each scrape and from the housekeeping loop,
+/// which also expires VMs and drops hot-path entries that are done with (<see cref="Maintain"/>).
 /// </summary>
 public sealed class Aggregator
 {
     private readonly Shard[] _shards;
     private readonly int[] _resolvedVersion;
-    private readonly object _resolveGate = new();
+    private readonly object _gate = new();
+    private readonly SeriesStore _store;
+    private DateTime _lastRank;
+    private bool _compactDue;
 
-    public Aggregator(int shardCount, int seriesLimitPerShard, VmRegistry registry)
+    public Aggregator(int shardCount, VmRegistry registry, AggregatorOptions? options = null)
     {
+        Options = options ?? new AggregatorOptions();
+        States = new ThreadStates(Options.Threads, shardCount);
         _shards = new Shard[shardCount];
         for (int i = 0; i < shardCount; i++)
-            _shards[i] = new Shard(i, seriesLimitPerShard, NewSeries);
+            _shards[i] = new Shard(i, Options.ShardSeries, NewSeries, States);
         _resolvedVersion = new int[shardCount];
+        _store = new SeriesStore(Options.FamilyLimit, Options.TopK);
         Registry = registry;
+        Registry.FreshVmThread = tid => States.SeedPollWindow(tid, 0);
+        _lastRank = DateTime.UtcNow;
     }
 
+    public AggregatorOptions Options { get; }
+
     public IReadOnlyList<Shard> Shards => _shards;
+
+    public ThreadStates States { get; }
 
     /// <summary>Signalled when any shard adds a series: time to call <see cref="ResolveNewThreads"/>.</summary>
     public AutoResetEvent NewSeries { get; } = new(false);
@@ -31,17 +64,17 @@ public sealed class Aggregator
 
     private volatile Action[] _refreshers = [];
 
-    /// <summary>Called at the start of every <see cref="Snapshot"/>: a counting source reads its counters then, so a
+    /// <summary>Called at the start of every <see cref="Fold"/>: a counting source reads its counters then, so a
     /// scrape sees counts of that moment.</summary>
     public void AddRefresher(Action refresh)
     {
-        lock (_resolveGate)
+        lock (_gate)
             _refreshers = [.. _refreshers, refresh];
     }
 
     public void RemoveRefresher(Action refresh)
     {
-        lock (_resolveGate)
+        lock (_gate)
             _refreshers = _refreshers.Where(r => r != refresh).ToArray();
     }
 
@@ -54,7 +87,7 @@ public sealed class Aggregator
     /// Cheap when nothing is new: one version compare per shard.</summary>
     public void ResolveNewThreads()
     {
-        lock (_resolveGate)
+        lock (_gate)
         {
             for (int i = 0; i < _shards.Length; i++)
             {
@@ -70,41 +103,110 @@ public sealed class Aggregator
         }
     }
 
-    /// <summary>Every series merged across shards, keyed by VM name (so a restarted VM continues its series).</summary>
-    public IReadOnlyList<MergedSeries> Snapshot()
+    /// <summary>Moves what every shard counted since the last fold into the store; re-ranks hot keys once a second.</summary>
+    public void Fold()
+    {
+        lock (_gate)
+            FoldLocked(DateTime.UtcNow);
+    }
+
+    private void FoldLocked(DateTime now)
     {
         foreach (Action refresh in _refreshers)
             refresh();
         ResolveNewThreads();
-        var merged = new Dictionary<MergeKey, long>();
-        var merge = new Merger(Registry, merged);
+        var folder = new Folder(Registry, States, _store, now);
         foreach (Shard shard in _shards)
-            shard.Series.ForEach(ref merge);
-        var result = new List<MergedSeries>(merged.Count);
-        foreach ((MergeKey k, long v) in merged)
-            result.Add(new MergedSeries(k.Vm, k.Vcpu, k.Family, k.Label1, k.Label2, v));
-        result.Sort(static (a, b) =>
+            shard.Series.Fold(ref folder);
+        // Exits whose entries were read first from another CPU, paired now that their own CPU has been read further.
+        foreach (ThreadStates.Pair pair in States.PairOrphans())
         {
-            int c = a.Family.CompareTo(b.Family);
-            if (c == 0) c = string.CompareOrdinal(a.Vm, b.Vm);
-            if (c == 0) c = a.Vcpu.CompareTo(b.Vcpu);
-            if (c == 0) c = a.Label1.CompareTo(b.Label1);
-            if (c == 0) c = a.Label2.CompareTo(b.Label2);
-            return c;
-        });
-        return result;
+            string vm = (Registry.TryResolve(pair.Tid, now, wait: false) ?? new ThreadIdentity(VmInfo.Unknown, -1)).Vm.Name;
+            int bucket = LatencyBuckets.Index(pair.Ns);
+            _store.Add(vm, -1, MetricFamily.ExitLatency, pair.Reason, LatencyBuckets.Label2(pair.Isa, bucket), 1);
+            _store.Add(vm, -1, MetricFamily.ExitLatency, pair.Reason, LatencyBuckets.Label2(pair.Isa, LatencyBuckets.SumSlot), (long)pair.Ns);
+        }
+        _compactDue |= folder.Held > 0 || folder.Folded > 0;
+        double seconds = (now - _lastRank).TotalSeconds;
+        if (seconds >= 1)
+        {
+            _store.Rank(seconds);
+            _lastRank = now;
+        }
     }
 
-    /// <summary>Events counted past the series limit, all shards.</summary>
+    /// <summary>Every series in the store after a fold, sorted by family, VM, vCPU and labels.</summary>
+    public IReadOnlyList<MergedSeries> Snapshot()
+    {
+        lock (_gate)
+        {
+            FoldLocked(DateTime.UtcNow);
+            return _store.Export();
+        }
+    }
+
+    /// <summary>
+    /// Folds, then forgets VMs gone for longer than the grace period (their series and threads) and drops hot-path
+    /// entries that have nothing left to fold and will not count again (threads of exited VMs, threads never
+    /// identified) or, when a shard fills up, that have been idle. Returns the VM names whose series went.
+    /// </summary>
+    public IReadOnlyList<string> Maintain(DateTime now)
+    {
+        lock (_gate)
+        {
+            FoldLocked(now);
+            (List<string> names, List<int> tids) = Registry.Expire(Options.VmGrace, now);
+            foreach (string name in names)
+                _store.RemoveVm(name);
+            foreach (int tid in tids)
+                States.Forget(tid);
+            if (_compactDue || tids.Count > 0)
+            {
+                Compact();
+                _compactDue = false;
+            }
+            return names;
+        }
+    }
+
+    private void Compact()
+    {
+        var gone = new HashSet<int>();
+        foreach (Shard shard in _shards)
+        {
+            SeriesTable table = shard.Series;
+            bool crowded = table.Count > table.SeriesLimit * 3 / 4;
+            lock (shard.Gate)
+            {
+                table.Compact((key, idleFolds) =>
+                {
+                    if (Registry.IsGone(key.Tid))
+                    {
+                        gone.Add(key.Tid);
+                        return true;
+                    }
+                    return crowded && idleFolds >= 20;
+                });
+            }
+            _resolvedVersion[shard.Cpu] = table.Version; // nothing new to resolve from a compaction
+        }
+        foreach (int tid in gone)
+            States.Forget(tid);
+    }
+
+    /// <summary>Label sets the family exports now (a histogram counts once).</summary>
+    public int SeriesOf(MetricFamily family)
+    {
+        lock (_gate)
+            return _store.SeriesOf(family);
+    }
+
+    /// <summary>Events counted into the family's overflow series (past a shard's or the family's series limit).</summary>
     public long Overflow(MetricFamily family)
     {
-        long sum = 0;
-        foreach (Shard s in _shards)
-            sum += s.Series.Overflow(family);
-        return sum;
+        lock (_gate)
+            return _store.OverflowOf(family);
     }
-
-    private readonly record struct MergeKey(string Vm, int Vcpu, MetricFamily Family, uint Label1, ulong Label2);
 
     private struct TidCollector(VmRegistry registry) : ISeriesVisitor
     {
@@ -117,17 +219,41 @@ public sealed class Aggregator
         }
     }
 
-    private readonly struct Merger(VmRegistry registry, Dictionary<MergeKey, long> merged) : ISeriesVisitor
+    /// <summary>Hands each shard entry's growth to the store under its thread's VM and vCPU. An entry whose thread
+    /// cannot be told yet is held (not folded) until it can, or until the registry gives up on it.</summary>
+    private struct Folder(VmRegistry registry, ThreadStates states, SeriesStore store, DateTime now) : IFoldVisitor
     {
-        public void Visit(in SeriesKey key, long value)
+        public int Held;
+        public int Folded;
+
+        public bool Fold(in SeriesKey key, long delta)
         {
-            ThreadIdentity who = registry.Resolve(key.Tid);
-            int vcpu = HasVcpuLabel(key.Family) ? (key.Vcpu >= 0 ? key.Vcpu : who.Vcpu) : -1;
-            var k = new MergeKey(who.Vm.Name, vcpu, key.Family, key.Label1, key.Label2);
-            merged[k] = merged.GetValueOrDefault(k) + value;
+            if (key.Tid == 0 && key.Label1 == SeriesTable.OverflowLabel)
+            {
+                store.AddOverflow(key.Family, key.Label2, delta);
+                return true;
+            }
+            if (registry.TryResolve(key.Tid, now) is not ThreadIdentity who)
+            {
+                Held++;
+                return false;
+            }
+            int vcpu = -1;
+            if (HasVcpuLabel(key.Family))
+            {
+                vcpu = key.Vcpu >= 0 ? key.Vcpu : who.Vcpu >= 0 ? who.Vcpu : states.VcpuOf(key.Tid);
+                if (vcpu < 0 && who.Vm.Pid != 0)
+                    vcpu = registry.VcpuFromFd(key.Tid, now) ?? -1;
+                if (vcpu < 0 && who.Vm.Pid != 0 && who.Vm.ExitedAt is null && now - who.ResolvedAt < VmRegistry.UnresolvedGrace)
+                {
+                    // Only vCPU threads count these: give its name, its records or its fd a moment to tell which.
+                    Held++;
+                    return false;
+                }
+            }
+            Folded++;
+            store.Add(who.Vm.Name, vcpu, key.Family, key.Label1, key.Label2, delta);
+            return true;
         }
     }
 }
-
-/// <summary>One output series: Vcpu is -1 where unknown or where the family has no vcpu label.</summary>
-public readonly record struct MergedSeries(string Vm, int Vcpu, MetricFamily Family, uint Label1, ulong Label2, long Value);

@@ -16,15 +16,27 @@ public sealed class Shard
     private long _corruptPages;
     private long _bytesRead;
 
-    public Shard(int cpu, int seriesLimit, EventWaitHandle? newSeriesSignal = null)
+    public Shard(int cpu, int seriesLimit, EventWaitHandle? newSeriesSignal = null, ThreadStates? states = null)
     {
         Cpu = cpu;
         Series = new SeriesTable(seriesLimit, newSeriesSignal);
+        States = states ?? new ThreadStates(cpus: cpu + 1);
     }
 
     public int Cpu { get; }
 
     public SeriesTable Series { get; }
+
+    /// <summary>Per-thread pairing and halt state, shared by every shard of an aggregator.</summary>
+    public ThreadStates States { get; }
+
+    /// <summary>The writer holds it while it works through a batch (a page, a ring drain); the aggregator takes it to
+    /// compact <see cref="Series"/>. Uncontended but for that.</summary>
+    public object Gate { get; } = new();
+
+    /// <summary>The writer's last thread-state slot: consecutive records of one thread skip the lookup.</summary>
+    internal int StateCache = -1;
+
 
     public long EventsOf(KvmEventKind kind) => Volatile.Read(ref _eventsByKind[(int)kind]);
     public long DecodeErrorsOf(KvmEventKind kind) => Volatile.Read(ref _decodeErrorsByKind[(int)kind]);
@@ -48,6 +60,7 @@ public sealed class Shard
 
     public void CountLost(ulong count, bool exact)
     {
+        States.NoteLoss(Cpu);
         _lostEvents += (long)count;
         if (!exact)
             _lostUncounted++;
@@ -56,4 +69,21 @@ public sealed class Shard
     public void CountCorruptPage() => _corruptPages++;
 
     public void CountBytes(int bytes) => _bytesRead += bytes;
+}
+
+/// <summary>Which start-to-end measurement a dropped pair belongs to.</summary>
+public enum PairKind
+{
+    /// <summary>kvm_exit to kvm_entry.</summary>
+    Exit,
+    /// <summary>kvm_userspace_exit to the thread's next record.</summary>
+    Userspace,
+}
+
+public enum PairDrop
+{
+    /// <summary>Records were lost between start and end: the pair may span events that were never read.</summary>
+    Gap,
+    /// <summary>A start without its end (or an end without its start): replaced by a newer one or too old.</summary>
+    Unmatched,
 }

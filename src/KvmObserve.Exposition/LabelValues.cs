@@ -29,7 +29,9 @@ public static class LabelValues
     {
         Aggregation.Series.HaltOutcome.PollSuccess => "poll_success",
         Aggregation.Series.HaltOutcome.PollFail => "poll_fail",
-        _ => "waited",
+        Aggregation.Series.HaltOutcome.Waited => "waited",
+        Aggregation.Series.HaltOutcome.Immediate => "immediate",
+        _ => "unknown",
     };
 
     public static string PageFaultKind(uint kind) => (PageFaultKind)kind switch

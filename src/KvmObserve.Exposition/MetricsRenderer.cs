@@ -27,7 +27,14 @@ public static class MetricsRenderer
         (MetricFamily.HaltPollNsChanges, "kvm_halt_poll_changes_total", "Changes of a vCPU's halt-poll window (kvm_halt_poll_ns) by direction."),
         (MetricFamily.MmuPageFaults, "kvm_mmu_page_faults_total", "Guest page faults handled by KVM's MMU by kind."),
         (MetricFamily.MmuEvents, "kvm_mmu_events_total", "KVM MMU events (kvmmmu tracepoints) by event."),
+        (MetricFamily.ExitLatency, "kvm_exit_handling_seconds", "Time from kvm_exit to the thread's next kvm_entry, by exit reason."),
+        (MetricFamily.UserspaceLatency, "kvm_userspace_exit_seconds", "Time from kvm_userspace_exit to the thread's next kvm event (the VMM's handling of the exit), by KVM_EXIT reason."),
+        (MetricFamily.HaltDuration, "kvm_halt_seconds", "How long halts lasted (kvm_vcpu_wakeup), by outcome."),
     ];
+
+    /// <summary>"le" values of the latency buckets, formatted once.</summary>
+    private static readonly string[] BucketBounds = Enumerable.Range(0, LatencyBuckets.Bounds)
+        .Select(i => LatencyBuckets.UpperBoundSeconds(i).ToString("R", CultureInfo.InvariantCulture).ToLowerInvariant()).Append("+Inf").ToArray();
 
     public static void Render(IBufferWriter<byte> output, ExpositionContext context)
     {
@@ -38,34 +45,70 @@ public static class MetricsRenderer
 
         w.Family("kvm_vm_info", "gauge", "A KVM virtual machine (a process holding a KVM VM fd); always 1.");
         foreach (VmInfo vm in aggregator.Registry.Vms().OrderBy(v => v.Name, StringComparer.Ordinal))
-            w.Begin("kvm_vm_info").Label("vm", vm.Name).Label("pid", vm.Pid).Label("vmm", vm.Vmm).Label("uuid", vm.Uuid).Value(1L);
+            w.Begin("kvm_vm_info").Label("vm", vm.Name).Label("pid", vm.Pid).Label("vmm", vm.Vmm).Label("uuid", vm.Uuid)
+                .Label("namespace", vm.Namespace).Label("pod_uid", vm.PodUid).Label("running", vm.ExitedAt is null ? "true" : "false").Value(1L);
 
-        var seriesPerFamily = new int[MetricFamilies.Count];
         int at = 0;
         foreach ((MetricFamily family, string name, string help) in Families)
         {
-            w.Family(name, "counter", help);
+            bool histogram = MetricFamilies.IsHistogram(family);
+            w.Family(name, histogram ? "histogram" : "counter", help);
             while (at < series.Count && series[at].Family < family)
                 at++;
             for (; at < series.Count && series[at].Family == family; at++)
             {
-                WriteSeries(w, name, series[at], context);
-                seriesPerFamily[(int)family]++;
+                if (series[at].Histogram is Histogram h)
+                    WriteHistogram(w, name, series[at], h, context);
+                else
+                    WriteSeries(w, name, series[at], context);
             }
         }
+        WriteHaltPollWindows(w, aggregator);
 
         if (context.Schedstat is not null)
             WriteSchedstat(w, context.Schedstat.Collect());
-        WriteSelfMetrics(w, context, seriesPerFamily);
+        WriteSelfMetrics(w, context);
         w.Family("kvmobserve_scrape_duration_seconds", "gauge", "Time spent rendering this scrape.");
         w.Begin("kvmobserve_scrape_duration_seconds").Value(Stopwatch.GetElapsedTime(started).TotalSeconds);
     }
 
     private static void WriteSeries(PrometheusTextWriter w, string name, in MergedSeries s, ExpositionContext context)
     {
-        w.Begin(name).Label("vm", s.Vm);
+        WriteLabels(w.Begin(name), s, context);
+        w.Value(s.Value);
+    }
+
+    private static void WriteHistogram(PrometheusTextWriter w, string name, in MergedSeries s, Histogram h, ExpositionContext context)
+    {
+        string bucket = name + "_bucket";
+        long cumulative = 0;
+        for (int i = 0; i < h.Buckets.Length; i++)
+        {
+            cumulative += h.Buckets[i];
+            WriteLabels(w.Begin(bucket), s, context);
+            w.Label("le", BucketBounds[i]).Value(cumulative);
+        }
+        WriteLabels(w.Begin(name + "_sum"), s, context);
+        w.Value(h.SumNs / 1e9);
+        WriteLabels(w.Begin(name + "_count"), s, context);
+        w.Value(cumulative);
+    }
+
+    /// <summary>The labels of a series: vm, vcpu where the family has it, then the family's own. A family's overflow
+    /// series says "overflow" in each.</summary>
+    private static void WriteLabels(PrometheusTextWriter w, in MergedSeries s, ExpositionContext context)
+    {
+        bool overflow = s.Label1 == SeriesTable.OverflowLabel && s.Vm == SeriesStore.OverflowVm;
+        w.Label("vm", s.Vm);
         if (Aggregator.HasVcpuLabel(s.Family))
-            w.Label("vcpu", s.Vcpu >= 0 ? s.Vcpu.ToString(CultureInfo.InvariantCulture) : "unknown");
+            w.Label("vcpu", overflow ? "overflow" : s.Vcpu >= 0 ? s.Vcpu.ToString(CultureInfo.InvariantCulture) : "unknown");
+        if (overflow)
+        {
+            foreach (string label in LabelsOf(s.Family))
+                w.Label(label, "overflow");
+            return;
+        }
+        bool other = MetricFamilies.IsOther(s.Family, s.Label1, s.Label2); // past a shard's limit, or outside the top K
         switch (s.Family)
         {
             case MetricFamily.Exits:
@@ -74,7 +117,11 @@ public static class MetricsRenderer
             case MetricFamily.FailedVmEntries:
                 w.Label("reason", ExitReason(context, KvmIsa.Vmx, s.Label1));
                 break;
+            case MetricFamily.ExitLatency:
+                w.Label("reason", ExitReason(context, (uint)s.Label2, s.Label1));
+                break;
             case MetricFamily.UserspaceExits:
+            case MetricFamily.UserspaceLatency:
                 w.Label("reason", s.Label2 switch
                 {
                     0 when s.Label1 == MetricFamilies.OtherKey => "other",
@@ -96,22 +143,57 @@ public static class MetricsRenderer
                 w.Label("leaf", LabelValues.Key(s.Label1));
                 break;
             case MetricFamily.InjectedExceptions:
-                w.Label("vector", LabelValues.Vector(s.Label1));
+                w.Label("vector", other ? "other" : LabelValues.Vector(s.Label1));
                 break;
             case MetricFamily.HaltWakeups:
-                w.Label("outcome", LabelValues.HaltOutcome(s.Label1));
+            case MetricFamily.HaltDuration:
+                w.Label("outcome", other ? "other" : LabelValues.HaltOutcome(s.Label1));
                 break;
             case MetricFamily.HaltPollNsChanges:
-                w.Label("direction", s.Label1 != 0 ? "grow" : "shrink");
+                w.Label("direction", other ? "other" : s.Label1 != 0 ? "grow" : "shrink");
                 break;
             case MetricFamily.MmuPageFaults:
-                w.Label("kind", LabelValues.PageFaultKind(s.Label1));
+                w.Label("kind", other ? "other" : LabelValues.PageFaultKind(s.Label1));
                 break;
             case MetricFamily.MmuEvents:
-                w.Label("event", TracepointCatalog.EventName((KvmEventKind)s.Label1));
+                w.Label("event", other ? "other" : TracepointCatalog.EventName((KvmEventKind)s.Label1));
                 break;
         }
-        w.Value(s.Value);
+    }
+
+    /// <summary>The labels a family has besides vm and vcpu.</summary>
+    private static string[] LabelsOf(MetricFamily family) => family switch
+    {
+        MetricFamily.Exits => ["isa", "reason"],
+        MetricFamily.FailedVmEntries or MetricFamily.ExitLatency or MetricFamily.UserspaceExits or MetricFamily.UserspaceLatency => ["reason"],
+        MetricFamily.Pio => ["port", "direction"],
+        MetricFamily.Mmio => ["gpa_page", "direction"],
+        MetricFamily.Msr => ["msr", "direction"],
+        MetricFamily.Cpuid => ["leaf"],
+        MetricFamily.InjectedExceptions => ["vector"],
+        MetricFamily.HaltWakeups or MetricFamily.HaltDuration => ["outcome"],
+        MetricFamily.HaltPollNsChanges => ["direction"],
+        MetricFamily.MmuPageFaults => ["kind"],
+        MetricFamily.MmuEvents => ["event"],
+        _ => [],
+    };
+
+    /// <summary>Each vCPU's halt-poll window as its last kvm_halt_poll_ns left it.</summary>
+    private static void WriteHaltPollWindows(PrometheusTextWriter w, Aggregator aggregator)
+    {
+        w.Family("kvm_halt_poll_ns", "gauge", "A vCPU's current halt-polling window in ns, as its last kvm_halt_poll_ns set it.");
+        var seen = new HashSet<(string, int)>();
+        foreach ((int tid, int vcpu, long pollNs) in aggregator.States.Threads())
+        {
+            if (pollNs < 0)
+                continue;
+            ThreadIdentity who = aggregator.Registry.Resolve(tid);
+            int index = vcpu >= 0 ? vcpu : who.Vcpu;
+            if (who.Vm.ExitedAt is not null || !seen.Add((who.Vm.Name, index)))
+                continue;
+            w.Begin("kvm_halt_poll_ns").Label("vm", who.Vm.Name)
+                .Label("vcpu", index >= 0 ? index.ToString(CultureInfo.InvariantCulture) : "unknown").Value(pollNs);
+        }
     }
 
     /// <summary>vCPU threads per vCPU; the VMM's other threads (I/O, emulation, main loop) per VM.</summary>
@@ -142,7 +224,7 @@ public static class MetricsRenderer
     private static string ExitReason(ExpositionContext context, uint isa, uint reason) =>
         reason == MetricFamilies.OtherKey ? "other" : context.ExitReasons.Name(isa, reason);
 
-    private static void WriteSelfMetrics(PrometheusTextWriter w, ExpositionContext context, int[] seriesPerFamily)
+    private static void WriteSelfMetrics(PrometheusTextWriter w, ExpositionContext context)
     {
         Aggregator aggregator = context.Aggregator;
         string source = context.SourceName;
@@ -201,11 +283,28 @@ public static class MetricsRenderer
                 .Label("available", row.Available ? "true" : "false").Label("enabled", row.Enabled ? "true" : "false").Value(1L);
         }
 
-        w.Family("kvmobserve_series", "gauge", "Series currently exported, by family.");
+        w.Family("kvmobserve_series", "gauge", "Label sets each family exports now (its overflow series not included; a histogram counts once).");
         foreach ((MetricFamily family, string name, _) in Families)
-            w.Begin("kvmobserve_series").Label("family", name).Value(seriesPerFamily[(int)family]);
-        w.Family("kvmobserve_series_overflow_total", "counter", "Events counted into the overflow series because a series limit was reached.");
+            w.Begin("kvmobserve_series").Label("family", name).Value(aggregator.SeriesOf(family));
+        w.Family("kvmobserve_series_limit", "gauge", "The series limit of each family (--series-limit).");
+        w.Begin("kvmobserve_series_limit").Value(aggregator.Options.FamilyLimit);
+        w.Family("kvmobserve_series_overflow_total", "counter", "Events counted into a family's overflow series because a series limit was reached.");
         foreach ((MetricFamily family, string name, _) in Families)
             w.Begin("kvmobserve_series_overflow_total").Label("family", name).Value(aggregator.Overflow(family));
+
+        w.Family("kvmobserve_latency_pairs_dropped_total", "counter",
+            "Start/end pairs not measured: records were lost between them (gap), or one end never came (unmatched).");
+        foreach (PairKind kind in Enum.GetValues<PairKind>())
+        {
+            foreach (PairDrop why in Enum.GetValues<PairDrop>())
+            {
+                long n = aggregator.States.PairsDropped(kind, why);
+                w.Begin("kvmobserve_latency_pairs_dropped_total")
+                    .Label("histogram", kind == PairKind.Exit ? "kvm_exit_handling_seconds" : "kvm_userspace_exit_seconds")
+                    .Label("reason", why == PairDrop.Gap ? "gap" : "unmatched").Value(n);
+            }
+        }
+        w.Family("kvmobserve_thread_state_full_total", "counter", "Records whose thread found no free state slot (no pairing or halt outcome for them).");
+        w.Begin("kvmobserve_thread_state_full_total").Value(aggregator.States.Full);
     }
 }

@@ -31,7 +31,7 @@ public class SourceCycleTests
     public void Hundred_start_stop_cycles_leak_no_fd(string name)
     {
         string root = TracefsLocator.Find(mountIfNeeded: true, out string? problem) ?? throw new InvalidOperationException(problem);
-        var aggregator = new Aggregator(CpuTopology.PossibleCpus(), 1000, new VmRegistry());
+        var aggregator = new Aggregator(CpuTopology.PossibleCpus(), new VmRegistry());
         // A few tracepoints, not all: the kernel takes ~35 ms to unregister each perf probe (see PerfFds), and the
         // fds per tracepoint are alike.
         var options = new SourceOptions { PollTimeoutMs = 10, BufferKb = 64, Events = ["kvm_pio", "kvm_mmio", "kvm_userspace_exit", "kvm_msr"] };

@@ -51,15 +51,4 @@ public class ExpositionTests
         Assert.Equal("protection_exec", LabelValues.PageFaultKind((uint)AggregatingSink.ClassifyFault(0x11)));
         Assert.Equal("reserved_bits", LabelValues.PageFaultKind((uint)AggregatingSink.ClassifyFault(0x9)));
     }
-
-    [Fact]
-    public void The_series_table_overflows_into_its_family_counter_and_loses_nothing()
-    {
-        var table = new SeriesTable(seriesLimit: 3);
-        for (int port = 0; port < 10; port++)
-            table.Counter(new SeriesKey(1, -1, MetricFamily.Pio, (uint)port, 0)) += 2;
-        Assert.Equal(3, table.Count);
-        Assert.Equal(14, table.Overflow(MetricFamily.Pio));
-        Assert.Equal(0, table.Overflow(MetricFamily.Msr));
-    }
 }

@@ -30,8 +30,20 @@ internal static class RunCommand
 
     public static readonly Option<int> SeriesLimit = new("--series-limit")
     {
-        Description = "Series per reader before events go to the overflow series",
+        Description = "Label sets per metric family; past it, new ones count into the family's overflow series",
         DefaultValueFactory = _ => AgentOptionsDefaults.SeriesLimit,
+    };
+
+    public static readonly Option<int> TopK = new("--top-k")
+    {
+        Description = "Ports, MMIO pages, MSRs, CPUID leaves and vectors per VM with their own series (by rate); the rest is \"other\"",
+        DefaultValueFactory = _ => AgentOptionsDefaults.TopK,
+    };
+
+    public static readonly Option<string> VmGrace = new("--vm-grace")
+    {
+        Description = "How long an exited VM's series stay (a VM restarted under its name within it continues them)",
+        DefaultValueFactory = _ => AgentOptionsDefaults.VmGrace,
     };
 
     public static readonly Option<int> BufferKb = new("--buffer-kb")
@@ -57,7 +69,7 @@ internal static class RunCommand
         DefaultValueFactory = _ => AgentOptionsDefaults.DiscoveryIntervalMs,
     };
 
-    private static Option[] All => [Listen, Source, Metrics, SeriesLimit, BufferKb, WakeupPercent, DiscoveryInterval];
+    private static Option[] All => [Listen, Source, Metrics, SeriesLimit, TopK, VmGrace, BufferKb, WakeupPercent, DiscoveryInterval];
 
     public static Command Create()
     {
@@ -87,6 +99,8 @@ internal static class RunCommand
                 WakeupPercent = parse.GetValue(WakeupPercent) is int w ? AgentOptions.InRange("--wakeup-percent", w, 0, 100) : null,
                 DiscoveryIntervalMs = AgentOptions.InRange("--discovery-interval-ms", parse.GetValue(DiscoveryInterval), 50, 3_600_000),
                 SeriesLimit = AgentOptions.Positive("--series-limit", parse.GetValue(SeriesLimit)),
+                TopK = AgentOptions.InRange("--top-k", parse.GetValue(TopK), 1, 4096),
+                VmGrace = AgentOptions.ParseDuration("--vm-grace", parse.GetValue(VmGrace)!),
                 BufferSizeKb = parse.GetValue(BufferKb) >= 0 ? parse.GetValue(BufferKb)
                     : throw new OptionException("--buffer-kb: must be 0 or a positive number of KiB"),
             };
@@ -110,7 +124,7 @@ internal static class RunCommand
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton(new VmRegistry());
         builder.Services.AddSingleton(sp => new SchedstatCollector(sp.GetRequiredService<VmRegistry>()));
-        builder.Services.AddSingleton(sp => new Aggregator(CpuTopology.PossibleCpus(), options.SeriesLimit, sp.GetRequiredService<VmRegistry>()));
+        builder.Services.AddSingleton(sp => new Aggregator(CpuTopology.PossibleCpus(), sp.GetRequiredService<VmRegistry>(), options.Aggregation));
         builder.Services.AddSingleton<SourceService>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<SourceService>());
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(5));

@@ -111,7 +111,7 @@ internal static class HostChecks
 
     private static IEnumerable<Finding> Tracepoints(string root, bool probe)
     {
-        var aggregator = new Aggregator(64, 4096, new VmRegistry());
+        var aggregator = new Aggregator(64, new VmRegistry());
         var source = new TracefsSource(new SourceOptions { PollTimeoutMs = 20, MountIfNeeded = false }, aggregator, root);
         Exception? failure = null;
         try

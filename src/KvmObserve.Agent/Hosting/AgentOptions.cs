@@ -12,7 +12,9 @@ public static class AgentOptionsDefaults
     public const string Listen = "127.0.0.1:9632";
     public const string Source = "auto";
     public const string Metrics = "all";
-    public const int SeriesLimit = 20_000;
+    public const int SeriesLimit = 10_000;
+    public const int TopK = 16;
+    public const string VmGrace = "2m";
     public const int PollTimeoutMs = 100;
     public const int DiscoveryIntervalMs = 2_000;
 }
@@ -28,6 +30,30 @@ public sealed class AgentOptions
     public int DiscoveryIntervalMs { get; init; } = AgentOptionsDefaults.DiscoveryIntervalMs;
     public int? WakeupPercent { get; init; }
     public IReadOnlyList<string> Metrics { get; init; } = KvmObserve.Sources.MetricSelection.All;
+    public int TopK { get; init; } = AgentOptionsDefaults.TopK;
+    public TimeSpan VmGrace { get; init; } = ParseDuration("--vm-grace", AgentOptionsDefaults.VmGrace);
+
+    /// <summary>What bounds the aggregates, from --series-limit, --top-k and --vm-grace.</summary>
+    public KvmObserve.Aggregation.AggregatorOptions Aggregation => new()
+    {
+        FamilyLimit = SeriesLimit,
+        TopK = TopK,
+        VmGrace = VmGrace,
+    };
+
+    /// <summary>A duration as Prometheus writes them: 500ms, 30s, 2m, 1h (a bare number is seconds).</summary>
+    public static TimeSpan ParseDuration(string option, string value)
+    {
+        string v = value.Trim();
+        (string digits, double unit) = v.EndsWith("ms", StringComparison.Ordinal) ? (v[..^2], 0.001)
+            : v.EndsWith('s') ? (v[..^1], 1)
+            : v.EndsWith('m') ? (v[..^1], 60)
+            : v.EndsWith('h') ? (v[..^1], 3600)
+            : (v, 1);
+        if (!double.TryParse(digits, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out double n) || n < 0)
+            throw new OptionException($"{option}: '{value}' is not a duration (e.g. 500ms, 30s, 2m, 1h)");
+        return TimeSpan.FromSeconds(n * unit);
+    }
 
     /// <summary>Parses HOST:PORT ([v6]:PORT for IPv6); the error names the setting and what it takes.</summary>
     public static IPEndPoint ParseListen(string value)

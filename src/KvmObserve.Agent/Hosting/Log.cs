@@ -31,4 +31,7 @@ internal static partial class Log
 
     [LoggerMessage(9, LogLevel.Warning, "{Message}")]
     public static partial void SourceWarning(ILogger logger, string message);
+
+    [LoggerMessage(10, LogLevel.Information, "VM {Vm} gone for longer than --vm-grace: its series are removed")]
+    public static partial void VmExpired(ILogger logger, string vm);
 }

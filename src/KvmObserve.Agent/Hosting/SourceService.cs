@@ -113,6 +113,13 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
             {
                 schedstat.Sample(); // between scrapes too: a thread's last reading before it exits is kept
                 nextSample = DateTime.UtcNow.AddMilliseconds(SchedstatIntervalMs);
+                // Fold what the readers counted, rank hot keys, forget VMs past their grace and hot-path entries
+                // that are done with.
+                foreach (string vm in aggregator.Maintain(DateTime.UtcNow))
+                {
+                    schedstat.Forget(vm);
+                    Log.VmExpired(logger, vm);
+                }
             }
             if (DateTime.UtcNow >= nextScan)
             {

@@ -181,4 +181,64 @@ public static class ProcfsParsers
         }
         return parts[0].Contains('=') ? "" : parts[0];
     }
+
+    /// <summary>Linux x86-64 syscall number of ioctl.</summary>
+    private const int SysIoctl = 16;
+
+    /// <summary>
+    /// The fd of an ioctl the thread is blocked in, from /proc/PID/task/TID/syscall ("NR ARG0 ... SP PC", args in
+    /// hex); null for another syscall, "running" (the thread is on a CPU, perhaps in guest mode) or -1 (not in one).
+    /// </summary>
+    public static int? IoctlFd(string syscall)
+    {
+        string[] f = syscall.Split(' ', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (f.Length < 2 || !int.TryParse(f[0], NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out int nr) || nr != SysIoctl)
+            return null;
+        ReadOnlySpan<char> arg = f[1].AsSpan();
+        if (arg.StartsWith("0x", StringComparison.Ordinal))
+            arg = arg[2..];
+        return int.TryParse(arg, NumberStyles.AllowHexSpecifier, CultureInfo.InvariantCulture, out int fd) && fd >= 0 ? fd : null;
+    }
+
+    /// <summary>N of an "anon_inode:kvm-vcpu:N" fd link.</summary>
+    public static int? VcpuFromFdTarget(string? target) =>
+        target is not null && target.StartsWith(KvmVcpuFdPrefix, StringComparison.Ordinal) ? Index(target.AsSpan(KvmVcpuFdPrefix.Length)) : null;
+
+    /// <summary>
+    /// The pod UID in a process's /proc/PID/cgroup when it runs in a Kubernetes pod: "…/kubepods-burstable-pod&lt;uid&gt;.slice/…"
+    /// (systemd driver, '-' in the UID written as '_') or "…/kubepods/burstable/pod&lt;uid&gt;/…" (cgroupfs driver), v1 or v2.
+    /// </summary>
+    public static string? KubernetesPodUid(string cgroup)
+    {
+        foreach (string line in cgroup.Split('\n'))
+        {
+            int kubepods = line.IndexOf("kubepods", StringComparison.Ordinal);
+            if (kubepods < 0)
+                continue;
+            foreach (string segment in line[kubepods..].Split('/'))
+            {
+                int pod = segment.LastIndexOf("pod", StringComparison.Ordinal);
+                if (pod < 0)
+                    continue;
+                string uid = segment[(pod + 3)..];
+                if (uid.EndsWith(".slice", StringComparison.Ordinal))
+                    uid = uid[..^".slice".Length];
+                uid = uid.Replace('_', '-');
+                if (Guid.TryParseExact(uid, "D", out _))
+                    return uid;
+            }
+        }
+        return null;
+    }
+
+    /// <summary>KubeVirt's libvirt domain "NAMESPACE_VMI" as the vm label "NAMESPACE/VMI" and the namespace; another
+    /// name is kept, with no namespace.</summary>
+    public static (string Name, string Namespace) KubeVirtName(string domain)
+    {
+        int underscore = domain.IndexOf('_');
+        if (underscore <= 0 || underscore == domain.Length - 1)
+            return (domain, "");
+        string ns = domain[..underscore];
+        return ($"{ns}/{domain[(underscore + 1)..]}", ns);
+    }
 }

@@ -43,6 +43,16 @@ public sealed class SchedstatCollector(VmRegistry registry, string procRoot = "/
         }
     }
 
+    /// <summary>Drops the readings of a VM name whose series have expired.</summary>
+    public void Forget(string vmName)
+    {
+        lock (_gate)
+        {
+            foreach ((VmInfo Vm, int Tid) key in _threads.Keys.Where(k => k.Vm.Name == vmName).ToList())
+                _threads.Remove(key);
+        }
+    }
+
     /// <summary>Samples, then sums per VM name and vCPU (a VM restarted under its name continues its totals).</summary>
     public IReadOnlyList<Totals> Collect()
     {

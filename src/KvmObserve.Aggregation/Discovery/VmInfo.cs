@@ -23,6 +23,12 @@ public sealed class VmInfo
     public string Vmm { get; }
     public string Uuid { get; }
 
+    /// <summary>Kubernetes namespace of a KubeVirt VM ("" elsewhere).</summary>
+    public string Namespace { get; init; } = "";
+
+    /// <summary>UID of the Kubernetes pod whose cgroup holds the VMM ("" outside Kubernetes).</summary>
+    public string PodUid { get; init; } = "";
+
     /// <summary>When the process was last seen gone (UTC), or null while it runs.</summary>
     public DateTime? ExitedAt { get; internal set; }
 
@@ -31,4 +37,11 @@ public sealed class VmInfo
 }
 
 /// <summary>The VM and vCPU a thread belongs to; Vcpu is -1 for a VMM thread that is not a vCPU.</summary>
-public sealed record ThreadIdentity(VmInfo Vm, int Vcpu);
+public sealed record ThreadIdentity(VmInfo Vm, int Vcpu)
+{
+    /// <summary>The vCPU index came from the kvm-vcpu fd the thread was blocked on, not from its name.</summary>
+    public bool FromFd { get; init; }
+
+    /// <summary>When the registry learnt it (UTC).</summary>
+    public DateTime ResolvedAt { get; init; } = DateTime.UtcNow;
+}

@@ -12,11 +12,35 @@ public sealed class VmRegistry
     private readonly object _gate = new();
     private readonly Dictionary<int, ThreadIdentity> _threads = new();
     private readonly Dictionary<int, VmInfo> _vmsByPid = new();
+    private readonly Dictionary<int, DateTime> _unresolvedSince = new();
+    private readonly Dictionary<int, DateTime> _goneAt = new();
+    private readonly Dictionary<int, DateTime> _vcpuProbedAt = new();
 
-    public VmRegistry(string procRoot = "/proc") => _procRoot = procRoot;
+    private readonly ulong? _agentStart;
+
+    public VmRegistry(string procRoot = "/proc")
+    {
+        _procRoot = procRoot;
+        _agentStart = ReadText(Path.Combine(procRoot, "self", "stat")) is string stat ? ProcfsParsers.ParseStartTime(stat) : null;
+    }
+
+    /// <summary>Called with each thread of a VM that started after this registry: everything about its vCPUs was
+    /// seen from the start (their halt-poll window starts at 0).</summary>
+    public Action<int>? FreshVmThread { get; set; }
+
+    /// <summary>How long a thread that cannot be read is given before its records are counted as vm="unknown" (a
+    /// process being set up can briefly hide its threads).</summary>
+    public static readonly TimeSpan UnresolvedGrace = TimeSpan.FromSeconds(2);
 
     /// <summary>The identity of a thread, reading procfs if it has not been resolved yet; Unknown when it is gone.</summary>
-    public ThreadIdentity Resolve(int tid)
+    public ThreadIdentity Resolve(int tid) => TryResolve(tid, DateTime.UtcNow, wait: false)!;
+
+    /// <summary>
+    /// The identity of a thread, or null while it cannot be told yet: unreadable for less than
+    /// <see cref="UnresolvedGrace"/>. Past that, or with <paramref name="wait"/> false, an unreadable thread is
+    /// Unknown (and stays so once the grace has passed).
+    /// </summary>
+    public ThreadIdentity? TryResolve(int tid, DateTime now, bool wait = true)
     {
         ThreadIdentity? known;
         lock (_gate)
@@ -25,15 +49,105 @@ public sealed class VmRegistry
                 return known;
         }
         ThreadIdentity? found = ReadThread(tid);
-        if (found is null && known is not null)
-            return known; // gone since: keep what was learnt
         lock (_gate)
         {
-            if (found is null)
-                return new ThreadIdentity(VmInfo.Unknown, -1); // not cached: the thread may be seen later by a scan
-            _threads[tid] = found;
-            return found;
+            if (found is not null)
+            {
+                _unresolvedSince.Remove(tid);
+                _threads[tid] = found;
+                return found;
+            }
+            if (known is not null)
+                return known; // gone since: keep what was learnt
+            if (!_unresolvedSince.TryGetValue(tid, out DateTime since))
+                _unresolvedSince[tid] = since = now;
+            if (now - since < UnresolvedGrace)
+                return wait ? null : new ThreadIdentity(VmInfo.Unknown, -1);
+            _unresolvedSince.Remove(tid);
+            _threads[tid] = known = new ThreadIdentity(VmInfo.Unknown, -1);
+            _goneAt[tid] = now;
+            return known;
         }
+    }
+
+    /// <summary>True when the thread belongs to a VM that has exited, or could not be identified before it went:
+    /// nothing new will be learnt about it.</summary>
+    public bool IsGone(int tid)
+    {
+        lock (_gate)
+            return _threads.TryGetValue(tid, out ThreadIdentity? who) && (who.Vm.ExitedAt is not null || _goneAt.ContainsKey(tid));
+    }
+
+    /// <summary>
+    /// The vCPU index of a VM thread whose name does not say it: from the anon_inode:kvm-vcpu:N fd it is blocked on in
+    /// an ioctl (/proc/PID/task/TID/syscall; a thread running guest code shows "running" and is tried again at most
+    /// once a second). Null when not known (yet).
+    /// </summary>
+    public int? VcpuFromFd(int tid, DateTime now)
+    {
+        ThreadIdentity? who;
+        lock (_gate)
+        {
+            if (!_threads.TryGetValue(tid, out who) || who.Vm.Pid == 0 || who.Vm.ExitedAt is not null)
+                return null;
+            if (who.Vcpu >= 0)
+                return who.Vcpu;
+            if (_vcpuProbedAt.TryGetValue(tid, out DateTime at) && now - at < TimeSpan.FromSeconds(1))
+                return null;
+            _vcpuProbedAt[tid] = now;
+        }
+        string task = Path.Combine(_procRoot, who.Vm.Pid.ToString(CultureInfo.InvariantCulture), "task", tid.ToString(CultureInfo.InvariantCulture));
+        if (ReadText(Path.Combine(task, "syscall")) is not string syscall || ProcfsParsers.IoctlFd(syscall) is not int fd)
+            return null;
+        string? target;
+        try
+        {
+            target = new FileInfo(Path.Combine(_procRoot, who.Vm.Pid.ToString(CultureInfo.InvariantCulture), "fd",
+                fd.ToString(CultureInfo.InvariantCulture))).LinkTarget;
+        }
+        catch (IOException) { return null; }
+        catch (UnauthorizedAccessException) { return null; }
+        if (ProcfsParsers.VcpuFromFdTarget(target) is not int vcpu)
+            return null;
+        lock (_gate)
+        {
+            _threads[tid] = new ThreadIdentity(who.Vm, vcpu) { FromFd = true };
+            _vcpuProbedAt.Remove(tid);
+        }
+        return vcpu;
+    }
+
+    /// <summary>
+    /// Forgets VMs gone for longer than <paramref name="grace"/>, with their threads, and threads that were never
+    /// identified. Returns the VM names no running VM carries any more (their series should go) and the tids forgotten.
+    /// </summary>
+    public (List<string> Names, List<int> Tids) Expire(TimeSpan grace, DateTime now)
+    {
+        var names = new List<string>();
+        var tids = new List<int>();
+        lock (_gate)
+        {
+            var expired = _vmsByPid.Values.Where(v => v.ExitedAt is DateTime at && now - at >= grace).ToList();
+            foreach (VmInfo vm in expired)
+            {
+                _vmsByPid.Remove(vm.Pid);
+                foreach ((int tid, ThreadIdentity who) in _threads.Where(t => t.Value.Vm == vm).ToList())
+                {
+                    _threads.Remove(tid);
+                    _vcpuProbedAt.Remove(tid);
+                    tids.Add(tid);
+                }
+                if (!_vmsByPid.Values.Any(v => v.Name == vm.Name) && !names.Contains(vm.Name))
+                    names.Add(vm.Name);
+            }
+            foreach ((int tid, DateTime at) in _goneAt.Where(g => now - g.Value >= grace).ToList())
+            {
+                _goneAt.Remove(tid);
+                _threads.Remove(tid);
+                tids.Add(tid);
+            }
+        }
+        return (names, tids);
     }
 
     /// <summary>True when the thread has been resolved and needs no second look.</summary>
@@ -44,7 +158,7 @@ public sealed class VmRegistry
     }
 
     /// <summary>A thread seen before it named itself "CPU N/KVM" is looked at again while its VM runs.</summary>
-    private static bool NeedsVcpu(ThreadIdentity identity) => identity.Vcpu < 0 && identity.Vm.ExitedAt is null;
+    private static bool NeedsVcpu(ThreadIdentity identity) => identity.Vcpu < 0 && identity.Vm.ExitedAt is null && identity.Vm.Pid != 0;
 
     public IReadOnlyList<VmInfo> Vms()
     {
@@ -111,6 +225,8 @@ public sealed class VmRegistry
         string? comm = ReadText(Path.Combine(_procRoot, tgid.ToString(CultureInfo.InvariantCulture), "task",
             tid.ToString(CultureInfo.InvariantCulture), "comm"));
         int vcpu = comm is null ? -1 : ProcfsParsers.VcpuFromThreadName(comm) ?? -1;
+        if (_agentStart is ulong agent && vm.StartTime > agent)
+            FreshVmThread?.Invoke(tid);
         return new ThreadIdentity(vm, vcpu);
     }
 
@@ -130,21 +246,42 @@ public sealed class VmRegistry
         string comm = (ReadText(Path.Combine(procDir, "comm")) ?? "").Trim();
         string[] argv = ProcfsParsers.SplitCmdline(ReadText(Path.Combine(procDir, "cmdline")) ?? "");
         (string name, string vmm, string uuid) = ProcfsParsers.IdentifyVm(argv, comm, pid);
+        string ns = "", podUid = "";
+        if (ReadText(Path.Combine(procDir, "cgroup")) is string cgroup && ProcfsParsers.KubernetesPodUid(cgroup) is string uid)
+        {
+            // A VMM in a Kubernetes pod: KubeVirt's virt-launcher runs QEMU through libvirt, whose domain is
+            // "NAMESPACE_VMI" (namespaces cannot hold '_', so the first one splits it).
+            podUid = uid;
+            (name, ns) = ProcfsParsers.KubeVirtName(name);
+            if (vmm == "qemu")
+                vmm = "kubevirt";
+        }
         lock (_gate)
         {
             if (_vmsByPid.TryGetValue(pid, out VmInfo? raced) && raced.StartTime == start)
                 return raced;
-            var vm = new VmInfo(pid, start, UniqueName(name, pid), vmm, uuid);
-            _vmsByPid[pid] = vm;
-            // A pid reused by a new VM: the old one's threads must be resolved again.
-            foreach (int tid in _threads.Where(t => t.Value.Vm.Pid == pid && t.Value.Vm != vm).Select(t => t.Key).ToList())
-                _threads.Remove(tid);
-            // Name every thread now, while the process runs: a short-lived VM's other vCPU threads may be gone by
-            // the time their own first series is looked at.
-            foreach ((int tid, int vcpu) in ThreadsOf(procDir))
-                _threads[tid] = new ThreadIdentity(vm, vcpu);
-            return vm;
+            return Register(pid, new VmInfo(pid, start, UniqueName(name, pid), vmm, uuid) { Namespace = ns, PodUid = podUid }, procDir);
         }
+    }
+
+    /// <summary>Under the gate: records a new VM and names its threads.</summary>
+    private VmInfo Register(int pid, VmInfo vm, string procDir)
+    {
+        _vmsByPid[pid] = vm;
+        // A pid reused by a new VM: the old one's threads must be resolved again.
+        foreach (int tid in _threads.Where(t => t.Value.Vm.Pid == pid && t.Value.Vm != vm).Select(t => t.Key).ToList())
+            _threads.Remove(tid);
+        // Name every thread now, while the process runs: a short-lived VM's other vCPU threads may be gone by
+        // the time their own first series is looked at.
+        bool fresh = _agentStart is ulong agent && vm.StartTime > agent;
+        foreach ((int tid, int vcpu) in ThreadsOf(procDir))
+        {
+            _threads[tid] = new ThreadIdentity(vm, vcpu);
+            _unresolvedSince.Remove(tid);
+            if (fresh)
+                FreshVmThread?.Invoke(tid);
+        }
+        return vm;
     }
 
     private static IEnumerable<(int Tid, int Vcpu)> ThreadsOf(string procDir)

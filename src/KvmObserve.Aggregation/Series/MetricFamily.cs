@@ -29,6 +29,16 @@ public enum MetricFamily : byte
     MmuPageFaults,
     /// <summary>Label1 = KvmEventKind of the kvmmmu event.</summary>
     MmuEvents,
+
+    // Histograms: Label2 = extra &lt;&lt; 8 | bucket (see <see cref="LatencyBuckets"/>); bucket SumSlot holds the sum in ns.
+
+    /// <summary>kvm_exit to the thread's next kvm_entry: Label1 = exit reason, extra = isa.</summary>
+    ExitLatency,
+    /// <summary>kvm_userspace_exit to the thread's next kvm event: Label1 = KVM_EXIT reason, extra = errno class as in
+    /// <see cref="UserspaceExits"/>.</summary>
+    UserspaceLatency,
+    /// <summary>How long a halt lasted (kvm_vcpu_wakeup's ns): Label1 = <see cref="HaltOutcome"/>.</summary>
+    HaltDuration,
 }
 
 public static class MetricFamilies
@@ -41,13 +51,37 @@ public static class MetricFamilies
 
     /// <summary>An MMIO address a counting source cannot know.</summary>
     public const ulong OtherPage = ulong.MaxValue;
+
+    /// <summary>Families whose series are histograms.</summary>
+    public static bool IsHistogram(MetricFamily family) =>
+        family is MetricFamily.ExitLatency or MetricFamily.UserspaceLatency or MetricFamily.HaltDuration;
+
+    /// <summary>Families keyed by a guest-chosen value (port, page, MSR, leaf, vector): only the top K per VM get their
+    /// own series, the rest is counted as "other".</summary>
+    public static bool IsKeyed(MetricFamily family) => family is MetricFamily.Pio or MetricFamily.Mmio
+        or MetricFamily.Msr or MetricFamily.Cpuid or MetricFamily.InjectedExceptions;
+
+    /// <summary>The "everything else" key of a series: what it is counted under past a limit or outside the top K.
+    /// It keeps what is not the key itself: direction, ISA, errno class, histogram bucket.</summary>
+    public static (uint Label1, ulong Label2) OtherOf(MetricFamily family, uint label1, ulong label2) =>
+        family == MetricFamily.Mmio ? (label1, OtherPage) : (OtherKey, label2);
+
+    public static bool IsOther(MetricFamily family, uint label1, ulong label2) =>
+        family == MetricFamily.Mmio ? label2 == OtherPage : label1 == OtherKey;
+
 }
 
 public enum HaltOutcome : uint
 {
     PollSuccess = 0,
     PollFail = 1,
+    /// <summary>The vCPU slept and no poll window was open.</summary>
     Waited = 2,
+    /// <summary>The halt ended without sleeping or polling (a wake-up was already pending).</summary>
+    Immediate = 3,
+    /// <summary>The vCPU slept, and whether it polled first is not known: its poll window has not been seen since the
+    /// agent started (it is learnt from the vCPU's first kvm_halt_poll_ns).</summary>
+    Unknown = 4,
 }
 
 /// <summary>How a guest page fault is labelled, from its PFERR_* error code (or fast_page_fault's outcome).</summary>

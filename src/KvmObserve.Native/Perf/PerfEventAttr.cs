@@ -59,6 +59,14 @@ public enum PerfAttrFlags : ulong
     // precise_ip:2 takes bits 15 and 16
     MmapData = 1UL << 17,
     SampleIdAll = 1UL << 18,
+    ExcludeHost = 1UL << 19,
+    ExcludeGuest = 1UL << 20,
+    ExcludeCallchainKernel = 1UL << 21,
+    ExcludeCallchainUser = 1UL << 22,
+    Mmap2 = 1UL << 23,
+    CommExec = 1UL << 24,
+    /// <summary>Sample times come from <see cref="PerfEventAttr.ClockId"/> instead of the perf clock.</summary>
+    UseClockid = 1UL << 25,
 }
 
 /// <summary>The enum values of perf_event.h the sources use.</summary>

@@ -97,6 +97,8 @@ internal sealed unsafe class PerfCpuRing
 
     internal long Wakeups;
 
+    private const int ClockMonotonic = 1;
+
     internal static PerfEventAttr SamplingAttr(int tracepointId, long ringBytes, int wakeupPercent)
     {
         var attr = new PerfEventAttr
@@ -106,7 +108,9 @@ internal sealed unsafe class PerfCpuRing
             SamplePeriod = 1,
             SampleType = SampleType,
             ReadFormat = PerfConstants.FormatLost,
-            Flags = (ulong)PerfAttrFlags.Disabled,
+            // CLOCK_MONOTONIC, as the tracefs source's trace_clock "mono": one time base across CPUs for pairing
+            Flags = (ulong)(PerfAttrFlags.Disabled | PerfAttrFlags.UseClockid),
+            ClockId = ClockMonotonic,
         };
         if (wakeupPercent <= 0)
         {
@@ -181,10 +185,16 @@ internal sealed unsafe class PerfCpuRing
         ulong tail = tailRef; // only this thread writes it
         while (true)
         {
+            ulong before = ThreadStates.MonotonicNow(); // CLOCK_MONOTONIC ns, the samples' clock
             ulong h = Volatile.Read(ref head); // acquire: the records below head are complete
             if (h == tail)
+            {
+                _shard.States.Advance(Cpu, before); // caught up: pairs waiting on this CPU can close
                 break;
-            ulong next = PerfRingReader.Read(new ReadOnlySpan<byte>(_dataBase, _dataSize), tail, h, _scratch, ref handler);
+            }
+            ulong next;
+            lock (_shard.Gate) // uncontended unless the aggregator is compacting this shard
+                next = PerfRingReader.Read(new ReadOnlySpan<byte>(_dataBase, _dataSize), tail, h, _scratch, ref handler);
             _shard.CountBytes((int)(next - tail));
             tail = next;
             Volatile.Write(ref tailRef, tail); // release: the kernel may reuse the space
@@ -192,7 +202,8 @@ internal sealed unsafe class PerfCpuRing
         _lost.FromEvents = ReadLostSamples();
         long lost = _lost.TakeNew();
         if (lost > 0)
-            _shard.CountLost((ulong)lost, exact: true);
+            lock (_shard.Gate)
+                _shard.CountLost((ulong)lost, exact: true);
     }
 
     /// <summary>Sum of PERF_FORMAT_LOST over this CPU's events: read() gives { u64 value; u64 lost; }.</summary>

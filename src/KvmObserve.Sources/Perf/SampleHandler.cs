@@ -13,7 +13,11 @@ internal struct SampleHandler(KvmEventDecoders decoders, Shard shard, LostTally 
     public void OnSample(ulong time, int tid, int cpu, ReadOnlySpan<byte> raw) =>
         decoders.Decode(time, shard.Cpu, raw, ref _sink);
 
-    public void OnLost(ulong count) => lost.FromRecords += (long)count;
+    public void OnLost(ulong count)
+    {
+        lost.FromRecords += (long)count;
+        shard.States.NoteLoss(shard.Cpu); // here, in stream order: pairs open across this gap are dropped
+    }
 
     public void OnMalformedRecord(uint type) => shard.CountDecodeError(KvmEventKind.None);
 

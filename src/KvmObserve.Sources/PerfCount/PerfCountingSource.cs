@@ -129,6 +129,14 @@ public sealed class PerfCountingSource : IEventSource
         {
             if (_shard is null)
                 return;
+            lock (_shard.Gate) // this thread is shard 0's writer now: compaction waits
+                RefreshLocked();
+        }
+    }
+
+    private void RefreshLocked()
+    {
+        {
             long[] attributed = CollectThreads();
             ReadSystemTotals();
             long unattributedSum = 0;

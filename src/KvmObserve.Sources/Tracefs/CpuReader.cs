@@ -93,9 +93,14 @@ internal sealed class CpuReader
         while (true)
         {
             Memory<byte> memory = pipe.Writer.GetMemory(pageSize);
+            ulong before = ThreadStates.MonotonicNow(); // CLOCK_MONOTONIC ns, the instance's trace clock
             int n = Sys.TryRead(_fd, memory.Span[..pageSize]);
             if (n == -Errno.EAGAIN || n == 0)
+            {
+                // Caught up: every record this CPU wrote before the read is handled, so pairs waiting on it can close.
+                _shard.States.Advance(Cpu, before);
                 return;
+            }
             if (n < 0)
                 throw new NativeErrorException($"read(trace_pipe_raw cpu{Cpu})", -n);
             pipe.Writer.Advance(n);
@@ -107,7 +112,8 @@ internal sealed class CpuReader
             ReadOnlySequence<byte> buffer = result.Buffer;
             try
             {
-                PageStreamParser.ParsePages(ref buffer, _layout, ref handler);
+                lock (_shard.Gate) // uncontended unless the aggregator is compacting this shard
+                    PageStreamParser.ParsePages(ref buffer, _layout, ref handler);
             }
             finally
             {

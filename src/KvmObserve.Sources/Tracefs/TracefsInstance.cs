@@ -74,6 +74,11 @@ public sealed class TracefsInstance : IDisposable
     public void SetBufferPercent(int percent) =>
         File.WriteAllText(System.IO.Path.Combine(Path, "buffer_percent"), percent.ToString(CultureInfo.InvariantCulture));
 
+    /// <summary>The clock of the instance's timestamps: "mono" (CLOCK_MONOTONIC) is one time base across CPUs, which
+    /// pairing records a thread left on different CPUs needs; the default "local" is per CPU.</summary>
+    public void SetTraceClock(string clock) =>
+        File.WriteAllText(System.IO.Path.Combine(Path, "trace_clock"), clock);
+
     /// <summary>Switches one event on in this instance. Returns false when the kernel does not have it.</summary>
     public bool Enable(string system, string eventName)
     {

@@ -60,6 +60,7 @@ public sealed class TracefsSource : IEventSource
         {
             _instance.SetBufferSizeKb(_options.BufferKb > 0 ? _options.BufferKb : DefaultBufferKb);
             _instance.SetBufferPercent(_options.WakeupPercent ?? DefaultWakeupPercent);
+            _instance.SetTraceClock("mono");
             var states = new List<TracepointState>();
             foreach (TracepointStatus status in Decoders.Statuses)
             {

@@ -1,0 +1,348 @@
+using System.Runtime.CompilerServices;
+
+namespace KvmObserve.Aggregation;
+
+/// <summary>
+/// What the hot path remembers per thread between records: the exit waiting for its kvm_entry, the userspace exit
+/// waiting for the thread's return, the halt-poll window, the vCPU index records name. Shared by all readers, since a
+/// thread's records arrive through the ring of whichever CPU it ran on, and CPUs are read independently, so a
+/// thread's records can come out of order across a migration: pairing goes by trace-clock time, not by arrival.
+/// A fixed open-addressing table; a slot is claimed by compare-and-swap of its tid and changed under its own spin
+/// lock (uncontended but for migrations). Slots of exited threads are freed by the aggregator.
+/// </summary>
+public sealed class ThreadStates
+{
+    private const int Empty = 0, Freed = -1;
+
+    /// <summary>Pending state older than this (trace time) beside a newer record of the thread is dropped.</summary>
+    public const ulong HorizonNs = 10_000_000_000;
+
+    private readonly Slot[] _slots;
+    private readonly int _mask;
+    private readonly long[] _lossGenerationByCpu;
+    private long _lossGeneration;
+    private long _full;
+    private readonly long[] _dropped = new long[4];
+
+    /// <summary>Per CPU, the newest trace time its reader has handled; 16 longs apart so readers do not share lines.</summary>
+    private readonly long[] _watermarks;
+    private const int WatermarkStride = 16;
+
+    public ThreadStates(int capacity = 16_384, int cpus = 1024)
+    {
+        int size = (int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)Math.Max(capacity, 16));
+        _slots = new Slot[size];
+        _mask = size - 1;
+        _lossGenerationByCpu = new long[Math.Max(cpus, 1)];
+        _watermarks = new long[Math.Max(cpus, 1) * WatermarkStride];
+    }
+
+    /// <summary>The reader of <paramref name="cpu"/> has handled every record of its CPU up to <paramref name="ts"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Advance(int cpu, ulong ts)
+    {
+        int i = cpu * WatermarkStride;
+        if ((uint)i < (uint)_watermarks.Length)
+            Volatile.Write(ref _watermarks[i], (long)ts);
+    }
+
+    /// <summary>CLOCK_MONOTONIC in ns (Stopwatch's clock on Linux): the trace clock the sources ask the kernel for.</summary>
+    public static ulong MonotonicNow()
+    {
+        long t = System.Diagnostics.Stopwatch.GetTimestamp();
+        long f = System.Diagnostics.Stopwatch.Frequency;
+        return f == 1_000_000_000 ? (ulong)t : (ulong)((UInt128)(ulong)t * 1_000_000_000 / (ulong)f);
+    }
+
+    /// <summary>How far the reader of <paramref name="cpu"/> has read (trace time).</summary>
+    internal ulong Watermark(int cpu)
+    {
+        int i = cpu * WatermarkStride;
+        return (uint)i < (uint)_watermarks.Length ? (ulong)Volatile.Read(ref _watermarks[i]) : ulong.MaxValue;
+    }
+
+    /// <summary>Latency pairs that were dropped instead of measured.</summary>
+    public long PairsDropped(PairKind kind, PairDrop why) => Volatile.Read(ref _dropped[(int)kind * 2 + (int)why]);
+
+    internal void CountDropped(PairKind kind, PairDrop why) => Interlocked.Increment(ref _dropped[(int)kind * 2 + (int)why]);
+
+    /// <summary>A kvm_exit and the kvm_entry that ended its handling: what the pairing produced.</summary>
+    internal readonly record struct Pair(int Tid, uint Reason, uint Isa, ulong Ns);
+
+    /// <summary>
+    /// Pairs, under the slot's lock, a waiting exit with an entry that was read first (the thread moved to another CPU
+    /// while KVM handled the exit, and that CPU was read ahead): once the exit's CPU has been read past the entry, no
+    /// other entry can come between them. Returns false when there is nothing (yet) to pair.
+    /// </summary>
+    internal bool TryPairOrphan(ref Slot s, out Pair pair, out bool gap)
+    {
+        pair = default;
+        gap = false;
+        ulong o = s.OrphanEntryTs;
+        if (o == 0)
+            return false;
+        if (s.OlderTs != 0 && s.OlderTs <= o && Watermark(s.OlderCpu) >= o)
+        {
+            gap = GlobalLossGeneration != s.OlderGlobalLossGeneration;
+            pair = new Pair(s.Tid, s.OlderReason, s.OlderIsa, o - s.OlderTs);
+            s.OlderTs = 0;
+            s.OrphanEntryTs = 0;
+            return true;
+        }
+        if (s.ExitTs != 0 && s.ExitTs <= o && Watermark(s.ExitCpu) >= o)
+        {
+            gap = GlobalLossGeneration != s.ExitGlobalLossGeneration;
+            pair = new Pair(s.Tid, s.ExitReason, s.ExitIsa, o - s.ExitTs);
+            s.ExitTs = 0;
+            s.OrphanEntryTs = 0;
+            return true;
+        }
+        return false;
+    }
+
+    /// <summary>Pairs what <see cref="TryPairOrphan"/> could not when it last looked, for threads that have had no
+    /// record since (the aggregator calls it at each fold).</summary>
+    internal List<Pair> PairOrphans()
+    {
+        var pairs = new List<Pair>();
+        for (int i = 0; i < _slots.Length; i++)
+        {
+            if (Volatile.Read(ref _slots[i].Tid) <= 0 || Volatile.Read(ref _slots[i].OrphanEntryTs) == 0)
+                continue;
+            ref Slot s = ref Lock(i);
+            if (s.Tid > 0 && TryPairOrphan(ref s, out Pair pair, out bool gap))
+            {
+                if (gap)
+                    CountDropped(PairKind.Exit, PairDrop.Gap);
+                else
+                    pairs.Add(pair);
+            }
+            Unlock(ref s);
+        }
+        return pairs;
+    }
+
+    /// <summary>Records that found no free slot (their pairing and halt state were skipped).</summary>
+    public long Full => Volatile.Read(ref _full);
+
+    /// <summary>A reader learnt that records of <paramref name="cpu"/> were lost: pairs open across the gap are dropped.</summary>
+    public void NoteLoss(int cpu)
+    {
+        if ((uint)cpu < (uint)_lossGenerationByCpu.Length)
+            Interlocked.Increment(ref _lossGenerationByCpu[cpu]);
+        Interlocked.Increment(ref _lossGeneration);
+    }
+
+    internal long LossGeneration(int cpu) =>
+        (uint)cpu < (uint)_lossGenerationByCpu.Length ? Volatile.Read(ref _lossGenerationByCpu[cpu]) : Volatile.Read(ref _lossGeneration);
+
+    internal long GlobalLossGeneration => Volatile.Read(ref _lossGeneration);
+
+    /// <summary>The slot index of <paramref name="tid"/>, claiming a free one; -1 when the table is full.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal int Find(int tid, ref int cache)
+    {
+        int c = cache;
+        if ((uint)c < (uint)_slots.Length && Volatile.Read(ref _slots[c].Tid) == tid)
+            return c;
+        int i = FindSlow(tid);
+        cache = i;
+        return i;
+    }
+
+    private int FindSlow(int tid)
+    {
+        int start = Hash(tid) & _mask;
+        int firstFreed = -1;
+        for (int n = 0, i = start; n < _slots.Length; n++, i = (i + 1) & _mask)
+        {
+            int t = Volatile.Read(ref _slots[i].Tid);
+            if (t == tid)
+                return i;
+            if (t == Freed)
+            {
+                if (firstFreed < 0)
+                    firstFreed = i;
+                continue;
+            }
+            if (t != Empty)
+                continue;
+            // Not in the table: claim the first freed slot on the way, else this empty one.
+            if (firstFreed >= 0 && Claim(firstFreed, Freed, tid))
+                return firstFreed;
+            if (Claim(i, Empty, tid))
+                return i;
+            return FindSlow(tid); // another reader claimed it meanwhile (perhaps for this tid)
+        }
+        Interlocked.Increment(ref _full);
+        return -1;
+    }
+
+    private bool Claim(int i, int expected, int tid)
+    {
+        ref Slot s = ref _slots[i];
+        if (Interlocked.CompareExchange(ref s.Lock, 1, 0) != 0)
+            return false;
+        bool claimed = s.Tid == expected;
+        if (claimed)
+        {
+            s.Reset();
+            Volatile.Write(ref s.Tid, tid);
+        }
+        Volatile.Write(ref s.Lock, 0);
+        return claimed;
+    }
+
+    private static int Hash(int tid) => (int)((uint)tid * 0x9E3779B1u >> 7);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal ref Slot Lock(int index)
+    {
+        ref Slot s = ref _slots[index];
+        if (Interlocked.CompareExchange(ref s.Lock, 1, 0) != 0)
+            SpinLock(ref s);
+        return ref s;
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void SpinLock(ref Slot s)
+    {
+        var spin = new SpinWait();
+        while (Interlocked.CompareExchange(ref s.Lock, 1, 0) != 0)
+            spin.SpinOnce(sleep1Threshold: -1);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void Unlock(ref Slot s) => Volatile.Write(ref s.Lock, 0);
+
+    /// <summary>Whether the slot has a userspace exit waiting for the thread's return (read without the lock).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal bool UserspacePending(int index) => Volatile.Read(ref _slots[index].UserTs) != 0;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void SetVcpu(int index, int vcpu)
+    {
+        if (Volatile.Read(ref _slots[index].Vcpu) != vcpu)
+            Volatile.Write(ref _slots[index].Vcpu, vcpu);
+    }
+
+    /// <summary>The vCPU index records of this thread named, or -1.</summary>
+    public int VcpuOf(int tid)
+    {
+        int i = Lookup(tid);
+        return i < 0 ? -1 : Volatile.Read(ref _slots[i].Vcpu);
+    }
+
+    /// <summary>The thread's halt-poll window (ns) as its last kvm_halt_poll_ns set it, or -1.</summary>
+    public long PollNsOf(int tid)
+    {
+        int i = Lookup(tid);
+        return i < 0 ? -1 : Volatile.Read(ref _slots[i].PollNs);
+    }
+
+    /// <summary>Every thread with a state: tid, vCPU and halt-poll window (-1 where unknown).</summary>
+    public List<(int Tid, int Vcpu, long PollNs)> Threads()
+    {
+        var list = new List<(int, int, long)>();
+        for (int i = 0; i < _slots.Length; i++)
+        {
+            int tid = Volatile.Read(ref _slots[i].Tid);
+            if (tid > 0)
+                list.Add((tid, Volatile.Read(ref _slots[i].Vcpu), Volatile.Read(ref _slots[i].PollNs)));
+        }
+        return list;
+    }
+
+    /// <summary>Sets the halt-poll window of a thread whose vCPU was created while the agent ran (KVM starts every
+    /// vCPU's window at 0), unless a kvm_halt_poll_ns has already told it.</summary>
+    public void SeedPollWindow(int tid, long pollNs)
+    {
+        int cache = -1;
+        int i = Find(tid, ref cache);
+        if (i < 0)
+            return;
+        ref Slot s = ref Lock(i);
+        if (s.Tid == tid && s.PollNs < 0)
+            Volatile.Write(ref s.PollNs, pollNs);
+        Unlock(ref s);
+    }
+
+    /// <summary>Frees the slot of a thread that has exited.</summary>
+    public void Forget(int tid)
+    {
+        int i = Lookup(tid);
+        if (i < 0)
+            return;
+        ref Slot s = ref Lock(i);
+        if (s.Tid == tid)
+            s.Tid = Freed;
+        Unlock(ref s);
+    }
+
+    private int Lookup(int tid)
+    {
+        for (int n = 0, i = Hash(tid) & _mask; n < _slots.Length; n++, i = (i + 1) & _mask)
+        {
+            int t = Volatile.Read(ref _slots[i].Tid);
+            if (t == tid)
+                return i;
+            if (t == Empty)
+                return -1;
+        }
+        return -1;
+    }
+
+    internal struct Slot
+    {
+        public int Tid;
+        public int Lock;
+        /// <summary>From the vcpu_id of the thread's records, -1 until one names it.</summary>
+        public int Vcpu;
+
+        // The kvm_exit waiting for its kvm_entry (ExitTs 0: none).
+        public ulong ExitTs;
+        public uint ExitReason;
+        public uint ExitIsa;
+        public int ExitCpu;
+        public long ExitLossGeneration;
+        public long ExitGlobalLossGeneration;
+
+        // An exit older than ExitTs that arrived after it (its CPU was read behind) and may end at the orphan entry.
+        public ulong OlderTs;
+        public uint OlderReason;
+        public uint OlderIsa;
+        public int OlderCpu;
+        public long OlderGlobalLossGeneration;
+
+        /// <summary>A kvm_entry read before the kvm_exit it ends (that exit's CPU is read behind), 0: none.</summary>
+        public ulong OrphanEntryTs;
+        public int OrphanCpu;
+        public long OrphanGlobalLossGeneration;
+
+        // The kvm_userspace_exit waiting for the thread's next record (UserTs 0: none).
+        public ulong UserTs;
+        public uint UserReason;
+        public uint UserErrnoClass;
+        public int UserCpu;
+        public long UserLossGeneration;
+        public long UserGlobalLossGeneration;
+
+        /// <summary>Halt-poll window after the last kvm_halt_poll_ns, -1 unknown.</summary>
+        public long PollNs;
+        /// <summary>The window the halt under way started with (the old value of a change made as it ended), -1: no
+        /// change since the last wake-up.</summary>
+        public long PollAtHalt;
+
+        /// <summary>Everything but Tid and Lock back to "nothing known".</summary>
+        public void Reset()
+        {
+            Vcpu = -1;
+            ExitTs = 0;
+            OlderTs = 0;
+            OrphanEntryTs = 0;
+            UserTs = 0;
+            PollNs = -1;
+            PollAtHalt = -1;
+        }
+    }
+}
