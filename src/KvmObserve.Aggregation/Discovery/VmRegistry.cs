@@ -188,10 +188,15 @@ public sealed class VmRegistry
     public void Scan()
     {
         var alive = new HashSet<int>();
+        var pids = new List<int>();
         foreach (string dir in SafeEnumerate(_procRoot))
         {
-            if (!int.TryParse(Path.GetFileName(dir), NumberStyles.None, CultureInfo.InvariantCulture, out int pid))
-                continue;
+            if (int.TryParse(Path.GetFileName(dir), NumberStyles.None, CultureInfo.InvariantCulture, out int pid))
+                pids.Add(pid);
+        }
+        pids.Sort(); // the lower pid (usually the older VM) keeps a name two VMs share
+        foreach (int pid in pids)
+        {
             if (!HoldsVmFd(pid))
                 continue;
             VmInfo? vm = VmFor(pid);

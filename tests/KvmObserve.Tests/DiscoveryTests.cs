@@ -1,0 +1,109 @@
+using KvmObserve.Aggregation.Discovery;
+
+namespace KvmObserve.Tests;
+
+/// <summary>VM discovery on procfs trees laid out as each VMM leaves them: command line, thread names, cgroup, fds.</summary>
+public sealed class DiscoveryTests : IDisposable
+{
+    private readonly FakeProc _proc = new();
+
+    public void Dispose() => _proc.Dispose();
+
+    private VmRegistry Scan()
+    {
+        var registry = new VmRegistry(_proc.Root);
+        registry.Scan();
+        return registry;
+    }
+
+    [Fact]
+    public void Each_vmm_is_named_from_its_command_line_and_its_vcpu_threads_from_their_names()
+    {
+        _proc.Vm(100, "qemu-system-x86", "/usr/bin/qemu-system-x86_64\0-name\0guest=db,debug-threads=on\0-uuid\0c0ffee00-0000-4000-8000-000000000001\0",
+            threads: [(100, "qemu-system-x86"), (101, "CPU 0/KVM"), (102, "CPU 1/KVM")]);
+        _proc.Vm(200, "firecracker", "/usr/bin/firecracker\0--id\0fn-7\0--api-sock\0/run/fc.sock\0",
+            threads: [(200, "firecracker"), (201, "fc_vcpu 0")]);
+        _proc.Vm(300, "cloud-hyperviso", "/usr/bin/cloud-hypervisor\0--api-socket\0path=/run/ch/web.sock\0",
+            threads: [(300, "cloud-hyperviso"), (301, "vcpu0"), (302, "vcpu1")]);
+        _proc.Vm(400, "crosvm", "/usr/bin/crosvm\0run\0--socket\0/run/crosvm/ci.sock\0bzImage\0",
+            threads: [(400, "crosvm"), (401, "crosvm_vcpu3")]);
+        _proc.Vm(500, "myvmm", "/opt/myvmm\0--fast\0", threads: [(500, "myvmm"), (501, "worker")]);
+        _proc.Vm(600, "bash", "bash\0", vmFd: false); // no VM fd: not a VM
+        VmRegistry registry = Scan();
+
+        Assert.Equal(["ci", "db", "fn-7", "myvmm-500", "web"], registry.Vms().Select(v => v.Name).Order().ToArray());
+        Assert.Equal(("db", 1), Who(registry, 102));
+        Assert.Equal("c0ffee00-0000-4000-8000-000000000001", registry.Vms().Single(v => v.Name == "db").Uuid);
+        Assert.Equal(("fn-7", 0), Who(registry, 201));
+        Assert.Equal(("web", 1), Who(registry, 302));
+        Assert.Equal(("ci", 3), Who(registry, 401));
+        Assert.Equal(("myvmm-500", -1), Who(registry, 501)); // any process with a kvm-vm fd: comm-pid
+        Assert.Equal(["qemu", "firecracker", "cloud-hypervisor", "crosvm", "myvmm"], registry.Vms().OrderBy(v => v.Pid).Select(v => v.Vmm));
+    }
+
+    private static (string, int) Who(VmRegistry registry, int tid)
+    {
+        ThreadIdentity who = registry.Resolve(tid);
+        return (who.Vm.Name, who.Vcpu);
+    }
+
+    [Theory]
+    [InlineData("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod5f3e8a2c_1b2d_4e6f_8a9b_0c1d2e3f4a5b.slice/cri-containerd-0a1b2c.scope\n",
+        "5f3e8a2c-1b2d-4e6f-8a9b-0c1d2e3f4a5b")]
+    [InlineData("0::/kubepods/burstable/pod5f3e8a2c-1b2d-4e6f-8a9b-0c1d2e3f4a5b/0a1b2c3d4e\n", "5f3e8a2c-1b2d-4e6f-8a9b-0c1d2e3f4a5b")]
+    [InlineData("0::/kubepods.slice/kubepods-pod5f3e8a2c_1b2d_4e6f_8a9b_0c1d2e3f4a5b.slice/crio-0a1b.scope\n", "5f3e8a2c-1b2d-4e6f-8a9b-0c1d2e3f4a5b")]
+    [InlineData("12:memory:/kubepods/besteffort/pod5f3e8a2c-1b2d-4e6f-8a9b-0c1d2e3f4a5b/0a1b\n11:cpu:/\n", "5f3e8a2c-1b2d-4e6f-8a9b-0c1d2e3f4a5b")]
+    [InlineData("0::/system.slice/libvirtd.service\n", null)]
+    [InlineData("0::/machine.slice/machine-qemu\\x2d1\\x2dweb.scope/libvirt/vcpu0\n", null)]
+    public void Pod_uids_from_cgroup_paths(string cgroup, string? uid) => Assert.Equal(uid, ProcfsParsers.KubernetesPodUid(cgroup));
+
+    [Fact]
+    public void A_kubevirt_vm_is_named_namespace_slash_vmi_with_its_pod()
+    {
+        _proc.Vm(700, "qemu-kvm", "/usr/libexec/qemu-kvm\0-name\0guest=prod_billing-db,debug-threads=on\0",
+            cgroup: "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod5f3e8a2c_1b2d_4e6f_8a9b_0c1d2e3f4a5b.slice/cri-containerd-0a1b.scope\n",
+            threads: [(700, "qemu-kvm"), (701, "CPU 0/KVM")]);
+        VmInfo vm = Scan().Vms().Single();
+        Assert.Equal(("prod/billing-db", "prod", "5f3e8a2c-1b2d-4e6f-8a9b-0c1d2e3f4a5b", "kubevirt"), (vm.Name, vm.Namespace, vm.PodUid, vm.Vmm));
+    }
+
+    [Fact]
+    public void Vms_named_alike_are_made_unique_and_a_restart_takes_its_name_back()
+    {
+        _proc.Vm(100, "qemu-system-x86", "qemu-system-x86_64\0-name\0web\0", start: 5000);
+        _proc.Vm(200, "qemu-system-x86", "qemu-system-x86_64\0-name\0web\0", start: 5001);
+        _proc.Vm(300, "qemu-system-x86", "qemu-system-x86_64\0-name\0web\0", start: 5002);
+        VmRegistry registry = Scan();
+        Assert.Equal(["web", "web-200", "web-300"], registry.Vms().Select(v => v.Name).Order().ToArray());
+        _proc.Exit(100);
+        registry.Scan();
+        _proc.Vm(400, "qemu-system-x86", "qemu-system-x86_64\0-name\0web\0", start: 6000);
+        registry.Scan();
+        Assert.Equal("web", registry.Vms().Single(v => v.Pid == 400).Name); // the exited one's name, continued
+    }
+
+    [Theory]
+    [InlineData("16 0x12 0xae80 0x0 0x0 0x0 0x0 0x7ffd1c5e0a38 0x7f2b8c11b94f\n", 18)]
+    [InlineData("16 0x5 0xc008aeba 0x7f00 0x0 0x0 0x0 0x7ffd 0x7f2b\n", 5)]
+    [InlineData("running\n", null)]
+    [InlineData("-1 0x7ffd1c5e0a38 0x7f2b8c11b94f\n", null)]
+    [InlineData("7 0x55d 0x1 0xffffffff 0x0 0x0 0x0 0x7ffd 0x7f2b\n", null)] // poll, not ioctl
+    public void The_fd_of_a_blocking_ioctl_from_the_syscall_file(string syscall, int? fd) => Assert.Equal(fd, ProcfsParsers.IoctlFd(syscall));
+
+    [Fact]
+    public void A_vcpu_thread_with_a_plain_name_gets_its_index_from_the_kvm_vcpu_fd_it_blocks_on()
+    {
+        _proc.Vm(100, "myvmm", "/opt/myvmm\0", threads: [(100, "myvmm"), (101, "worker"), (102, "worker")]);
+        _proc.VcpuFd(100, 12, 0);
+        _proc.VcpuFd(100, 13, 1);
+        _proc.Write("100/task/101/syscall", "16 0xd 0xae80 0x0 0x0 0x0 0x0 0x7ffd 0x7f2b\n"); // KVM_RUN on fd 13
+        _proc.Write("100/task/102/syscall", "running\n");
+        VmRegistry registry = Scan();
+        Assert.Equal(1, registry.VcpuFromFd(101, DateTime.UtcNow));
+        Assert.Equal(("myvmm-100", 1), Who(registry, 101));
+        Assert.Null(registry.VcpuFromFd(102, DateTime.UtcNow)); // in guest mode now: tried again later
+        _proc.Write("100/task/102/syscall", "16 0xc 0xae80 0x0 0x0 0x0 0x0 0x7ffd 0x7f2b\n");
+        Assert.Null(registry.VcpuFromFd(102, DateTime.UtcNow)); // not before a second has passed
+        Assert.Equal(0, registry.VcpuFromFd(102, DateTime.UtcNow.AddSeconds(2)));
+    }
+}
