@@ -270,22 +270,46 @@ public readonly struct AggregatingSink(Shard shard) : IKvmEventSink
     public void OnVcpuWakeup(in EventContext context, in VcpuWakeupRecord record)
     {
         int slot = Track(in context);
+        Shard.CountEvent(KvmEventKind.VcpuWakeup);
         long pollAtStart = -1;
         int vcpu = NoVcpu;
+        ThreadStates.PendingHalt[]? replay = null;
+        int replayCount = 0;
+        long replayWindow = 0;
         if (slot >= 0)
         {
             ref ThreadStates.Slot s = ref Shard.States.Lock(slot);
             if (s.Tid == context.Tid)
             {
                 // A grow or shrink made as this halt ended was traced just before it: its old value is the window the
-                // halt started with. Without one, the window is the one the last change left.
+                // halt started with. Without one, the window is the one the last change (or the vCPU's creation) left.
                 pollAtStart = s.PollAtHalt >= 0 ? s.PollAtHalt : s.PollNs;
                 s.PollAtHalt = -1;
                 vcpu = s.Vcpu;
+                if (pollAtStart < 0 && s.PendingHaltCount < ThreadStates.MaxPendingHalts)
+                {
+                    // Not known yet: held until the thread's first kvm_halt_poll_ns (its old value) or the agent naming
+                    // a vCPU it saw created (0) says.
+                    s.PendingHalts ??= new ThreadStates.PendingHalt[ThreadStates.MaxPendingHalts];
+                    if (s.PendingHaltCount == 0)
+                        s.PendingSince = context.Timestamp;
+                    s.PendingHalts[s.PendingHaltCount++] = new ThreadStates.PendingHalt(record.Ns, record.Waited);
+                    ThreadStates.Unlock(ref s);
+                    return;
+                }
+                if (pollAtStart >= 0 && s.PendingHaltCount > 0)
+                    (replay, replayCount, replayWindow, s.PendingHaltCount) = (s.PendingHalts, s.PendingHaltCount, pollAtStart, 0);
             }
             ThreadStates.Unlock(ref s);
         }
-        HaltOutcome outcome = (record.Waited, pollAtStart) switch
+        for (int i = 0; i < replayCount; i++)
+            CountHalt(in context, vcpu, replay![i].Waited, replayWindow, replay[i].Ns);
+        CountHalt(in context, vcpu, record.Waited, pollAtStart, record.Ns);
+    }
+
+    private void CountHalt(in EventContext context, int vcpu, bool waited, long pollAtStart, ulong ns)
+    {
+        HaltOutcome outcome = (waited, pollAtStart) switch
         {
             (_, < 0) => HaltOutcome.Unknown,
             (false, 0) => HaltOutcome.Immediate,
@@ -293,26 +317,37 @@ public readonly struct AggregatingSink(Shard shard) : IKvmEventSink
             (true, 0) => HaltOutcome.Waited,
             (true, _) => HaltOutcome.PollFail,
         };
-        Count(KvmEventKind.VcpuWakeup, context, vcpu, MetricFamily.HaltWakeups, (uint)outcome);
-        Observe(MetricFamily.HaltDuration, context.Tid, (uint)outcome, 0, record.Ns);
+        Shard.Series.Counter(new SeriesKey(context.Tid, vcpu, MetricFamily.HaltWakeups, (uint)outcome, 0))++;
+        Observe(MetricFamily.HaltDuration, context.Tid, (uint)outcome, 0, ns);
     }
 
     public void OnHaltPollNs(in EventContext context, in HaltPollNsRecord record)
     {
         int slot = Track(in context);
+        int vcpu = record.Vcpu;
+        ThreadStates.PendingHalt[]? replay = null;
+        int replayCount = 0;
         if (slot >= 0)
         {
             ref ThreadStates.Slot s = ref Shard.States.Lock(slot);
             if (s.Tid == context.Tid)
             {
+                // Halts held for want of the window: every one of them started with this change's old value (the
+                // window changes only by these events).
+                if (s.PollNs < 0 && s.PendingHaltCount > 0)
+                    (replay, replayCount, s.PendingHaltCount) = (s.PendingHalts, s.PendingHaltCount, 0);
                 if (s.PollAtHalt < 0)
                     s.PollAtHalt = record.Old;
                 Volatile.Write(ref s.PollNs, record.New);
                 if (record.Vcpu >= 0)
                     s.Vcpu = record.Vcpu;
+                else
+                    vcpu = s.Vcpu;
             }
             ThreadStates.Unlock(ref s);
         }
+        for (int i = 0; i < replayCount; i++)
+            CountHalt(in context, vcpu, replay![i].Waited, record.Old, replay[i].Ns);
         Count(KvmEventKind.HaltPollNs, context, record.Vcpu, MetricFamily.HaltPollNsChanges, record.Grow ? 1u : 0u);
     }
 

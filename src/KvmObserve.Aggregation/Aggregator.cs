@@ -118,6 +118,20 @@ public sealed class Aggregator
         var folder = new Folder(Registry, States, _store, now);
         foreach (Shard shard in _shards)
             shard.Series.Fold(ref folder);
+        // Halts held for want of their poll window, for longer than a thread takes to be named: counted as unknown.
+        foreach ((int tid, int vcpu, ThreadStates.PendingHalt[] halts) in States.TakeStaleHalts(ThreadStates.MonotonicNow(), 2_000_000_000))
+        {
+            ThreadIdentity who = Registry.TryResolve(tid, now, wait: false)!;
+            int index = vcpu >= 0 ? vcpu : who.Vcpu;
+            foreach (ThreadStates.PendingHalt halt in halts)
+            {
+                _store.Add(who.Vm.Name, index, MetricFamily.HaltWakeups, (uint)HaltOutcome.Unknown, 0, 1);
+                _store.Add(who.Vm.Name, -1, MetricFamily.HaltDuration, (uint)HaltOutcome.Unknown,
+                    LatencyBuckets.Label2(0, LatencyBuckets.Index(halt.Ns)), 1);
+                _store.Add(who.Vm.Name, -1, MetricFamily.HaltDuration, (uint)HaltOutcome.Unknown,
+                    LatencyBuckets.Label2(0, LatencyBuckets.SumSlot), (long)halt.Ns);
+            }
+        }
         // Exits whose entries were read first from another CPU, paired now that their own CPU has been read further.
         foreach (ThreadStates.Pair pair in States.PairOrphans())
         {

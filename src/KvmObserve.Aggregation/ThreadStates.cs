@@ -100,6 +100,26 @@ public sealed class ThreadStates
         return false;
     }
 
+    /// <summary>Takes the held halts of threads whose poll window has stayed unknown for <paramref name="patience"/> ns
+    /// of trace time: they are counted as outcome "unknown" rather than never.</summary>
+    internal List<(int Tid, int Vcpu, PendingHalt[] Halts)> TakeStaleHalts(ulong now, ulong patience)
+    {
+        var taken = new List<(int, int, PendingHalt[])>();
+        for (int i = 0; i < _slots.Length; i++)
+        {
+            if (Volatile.Read(ref _slots[i].Tid) <= 0 || Volatile.Read(ref _slots[i].PendingHaltCount) == 0)
+                continue;
+            ref Slot s = ref Lock(i);
+            if (s.Tid > 0 && s.PendingHaltCount > 0 && s.PendingSince + patience < now)
+            {
+                taken.Add((s.Tid, s.Vcpu, s.PendingHalts![..s.PendingHaltCount]));
+                s.PendingHaltCount = 0;
+            }
+            Unlock(ref s);
+        }
+        return taken;
+    }
+
     /// <summary>Pairs what <see cref="TryPairOrphan"/> could not when it last looked, for threads that have had no
     /// record since (the aggregator calls it at each fold).</summary>
     internal List<Pair> PairOrphans()
@@ -292,6 +312,11 @@ public sealed class ThreadStates
         return -1;
     }
 
+    internal readonly record struct PendingHalt(ulong Ns, bool Waited);
+
+    /// <summary>Halts held per thread while its poll window is unknown; past that they are counted as unknown.</summary>
+    internal const int MaxPendingHalts = 256;
+
     internal struct Slot
     {
         public int Tid;
@@ -333,6 +358,12 @@ public sealed class ThreadStates
         /// change since the last wake-up.</summary>
         public long PollAtHalt;
 
+        /// <summary>Halts that ended while the window they started with was not known yet (the thread's vCPU existed
+        /// before the agent, or the agent had not named it yet): classified once it is.</summary>
+        public PendingHalt[]? PendingHalts;
+        public int PendingHaltCount;
+        public ulong PendingSince;
+
         /// <summary>Everything but Tid and Lock back to "nothing known".</summary>
         public void Reset()
         {
@@ -343,6 +374,7 @@ public sealed class ThreadStates
             UserTs = 0;
             PollNs = -1;
             PollAtHalt = -1;
+            PendingHaltCount = 0;
         }
     }
 }

@@ -181,7 +181,8 @@ public static class MetricsRenderer
     /// <summary>Each vCPU's halt-poll window as its last kvm_halt_poll_ns left it.</summary>
     private static void WriteHaltPollWindows(PrometheusTextWriter w, Aggregator aggregator)
     {
-        w.Family("kvm_halt_poll_ns", "gauge", "A vCPU's current halt-polling window in ns, as its last kvm_halt_poll_ns set it.");
+        // kvm_halt_poll_ns in base units: promtool rejects "ns" in a metric name.
+        w.Family("kvm_halt_poll_window_seconds", "gauge", "A vCPU's current halt-polling window, as its last kvm_halt_poll_ns set it.");
         var seen = new HashSet<(string, int)>();
         foreach ((int tid, int vcpu, long pollNs) in aggregator.States.Threads())
         {
@@ -189,10 +190,11 @@ public static class MetricsRenderer
                 continue;
             ThreadIdentity who = aggregator.Registry.Resolve(tid);
             int index = vcpu >= 0 ? vcpu : who.Vcpu;
-            if (who.Vm.ExitedAt is not null || !seen.Add((who.Vm.Name, index)))
+            // Only vCPU threads: a window seeded for a new VM's threads says nothing of a thread that never halts.
+            if (index < 0 || who.Vm.ExitedAt is not null || !seen.Add((who.Vm.Name, index)))
                 continue;
-            w.Begin("kvm_halt_poll_ns").Label("vm", who.Vm.Name)
-                .Label("vcpu", index >= 0 ? index.ToString(CultureInfo.InvariantCulture) : "unknown").Value(pollNs);
+            w.Begin("kvm_halt_poll_window_seconds").Label("vm", who.Vm.Name)
+                .Label("vcpu", index >= 0 ? index.ToString(CultureInfo.InvariantCulture) : "unknown").Value(pollNs / 1e9);
         }
     }
 

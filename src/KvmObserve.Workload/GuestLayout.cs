@@ -8,6 +8,7 @@ namespace KvmObserve.Workload;
 /// 0x1000        PML4            0x2000  PDPT         0x3000-0x6fff  4 PDs: 4 GiB in 2 MiB pages, U/S=1
 /// 0x8000        IDT             0xa000  GDT          0xb000         TSS (rsp0 = 0xe000)
 /// 0x10000       interrupt handler (counts into [r15]); 0x11000 one interrupt counter per vCPU (r15 points at it)
+/// 0x11800 + v*64         vCPU v's struct kvm_steal_time (MSR_KVM_STEAL_TIME)
 /// 0x100000 + v*0x10000   vCPU v's program; its stack grows down from the top of that 64 KiB block
 /// 0x2000000 + v*slice    vCPU v's pages for touch mode
 /// 0xd0000000    MMIO target (no memslot: every store exits)     0xe0000000  doorbell: "phase done"
@@ -30,6 +31,9 @@ internal static class GuestLayout
     public static ulong ProgramAddress(int vcpu) => ProgramBase + (ulong)vcpu * ProgramStride;
     public static ulong StackTop(int vcpu) => ProgramAddress(vcpu) + ProgramStride - 0x10;
     public static ulong InterruptCounter(int vcpu) => Counters + (ulong)vcpu * 8;
+
+    /// <summary>Where KVM writes vCPU v's struct kvm_steal_time (64 bytes, 64-byte aligned).</summary>
+    public static ulong StealTime(int vcpu) => Counters + 0x800 + (ulong)vcpu * 64;
 
     /// <summary>Writes page tables, GDT, TSS, IDT and the interrupt handler into guest memory.</summary>
     public static void Build(Span<byte> memory)

@@ -24,6 +24,9 @@ public sealed class LoadOptions
     /// <summary>Pin vCPU v to CPU v % nproc (spreads 2 vCPUs over both cores).</summary>
     public bool Pin { get; set; }
 
+    /// <summary>Start and stop the VMs this many times in a row (VM start/stop churn); cycle c names its VMs NAME-cC.</summary>
+    public int Cycles { get; set; } = 1;
+
     public static LoadMode ParseModes(IEnumerable<string> names)
     {
         LoadMode modes = LoadMode.None;

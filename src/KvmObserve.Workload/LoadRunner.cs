@@ -14,6 +14,14 @@ public static class LoadRunner
     /// <summary>Runs the VMs and returns the combined JSON report.</summary>
     public static string RunParent(LoadOptions options, TextWriter log)
     {
+        var vms = new List<JsonElement>();
+        for (int cycle = 0; cycle < options.Cycles; cycle++)
+            vms.AddRange(RunVms(options, cycle, log));
+        return LoadReportJson.Serialize(vms);
+    }
+
+    private static List<JsonElement> RunVms(LoadOptions options, int cycle, TextWriter log)
+    {
         var children = new List<Process>();
         var outputs = new List<Task<string>>();
         var errors = new List<Task<string>>();
@@ -22,6 +30,8 @@ public static class LoadRunner
             for (int i = 0; i < options.Vms; i++)
             {
                 string name = options.Vms == 1 ? options.Name : $"{options.Name}-{i}";
+                if (options.Cycles > 1)
+                    name += $"-c{cycle}";
                 Process child = Process.Start(ChildStartInfo(options, name))
                     ?? throw new InvalidOperationException("could not start a VM process");
                 children.Add(child);
@@ -39,7 +49,7 @@ public static class LoadRunner
                     throw new InvalidOperationException($"VM process {i} failed with exit code {children[i].ExitCode}");
                 vms.Add(JsonDocument.Parse(outputs[i].Result).RootElement.Clone());
             }
-            return LoadReportJson.Serialize(vms);
+            return vms;
         }
         finally
         {

@@ -26,7 +26,27 @@ internal sealed unsafe class MicroVcpu : IDisposable
             Sys.Ioctl(_fd, KvmIoctl.SetCpuid2, (nint)cpuid, "KVM_SET_CPUID2");
         if (vm.HasIrqchip)
             EnableX2Apic();
+        EnableStealTime();
     }
+
+    private const uint MsrKvmStealTime = 0x4b564d03;
+    private const ulong KvmMsrEnabled = 1;
+
+    /// <summary>MSR_KVM_STEAL_TIME = GPA | enabled: KVM writes struct kvm_steal_time (steal ns first) there each time
+    /// the vCPU enters, as a paravirtual guest asks it to.</summary>
+    private void EnableStealTime()
+    {
+        byte* msrs = stackalloc byte[8 + sizeof(KvmMsrEntry)];
+        *(uint*)msrs = 1;
+        *(KvmMsrEntry*)(msrs + 8) = new KvmMsrEntry { Index = MsrKvmStealTime, Data = GuestLayout.StealTime(Index) | KvmMsrEnabled };
+        StealTimeEnabled = Sys.Ioctl(_fd, KvmIoctl.SetMsrs, (nint)msrs, "KVM_SET_MSRS(STEAL_TIME)") == 1;
+    }
+
+    /// <summary>Whether KVM took the steal-time MSR (it needs schedstats in the host kernel).</summary>
+    public bool StealTimeEnabled { get; private set; }
+
+    /// <summary>The steal time KVM last wrote into the guest's struct kvm_steal_time, in ns.</summary>
+    public ulong GuestStealNs => _vm.ReadGuestU64(GuestLayout.StealTime(Index));
 
     public int Index { get; }
 

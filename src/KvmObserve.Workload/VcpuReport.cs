@@ -27,7 +27,12 @@ public sealed class VcpuReport
 
     public long Halts { get; set; }
     public long Interrupts { get; set; }
+    /// <summary>Pages the guest touched at CPL3 in touch mode: its fresh data pages and its program's own page. Under
+    /// shadow paging each one takes one kvm_mmu_set_spte.</summary>
     public long PagesTouched { get; set; }
+
+    /// <summary>Steal time KVM wrote into the guest's kvm_steal_time struct by the end of the run (ns; -1: not enabled).</summary>
+    public long GuestStealNs { get; set; } = -1;
 
     internal static void Add(SortedDictionary<string, long> map, string key, long n) =>
         map[key] = map.GetValueOrDefault(key) + n;

@@ -83,6 +83,8 @@ public static class VmRunner
             }
         }
         while (options.Duration is TimeSpan d && stopwatch.Elapsed < d);
+        if (vcpu.StealTimeEnabled)
+            report.GuestStealNs = (long)vcpu.GuestStealNs;
         long interrupts = (long)vm.ReadGuestU64(GuestLayout.InterruptCounter(vcpu.Index));
         report.Interrupts = interrupts;
         if (interrupts > 0)
@@ -107,7 +109,7 @@ public static class VmRunner
                     VcpuReport.Add(report.Msr, Key(msr, "write"), writes);
                 break;
             case LoadMode.Touch:
-                report.PagesTouched += count;
+                report.PagesTouched += count + 1; // and the program's page, fetched at CPL3 too
                 break;
         }
     }

@@ -5,7 +5,7 @@ using KvmObserve.Native;
 namespace KvmObserve.KernelTests;
 
 /// <summary>A vCPU pinned to CPU 0 next to a busy thread pinned there too waits about as long as it runs: the agent's
-/// steal (schedstat run_delay) and run time show it, in seconds.</summary>
+/// steal (schedstat run_delay) and run time show it, in seconds, and the steal equals what the guest is told.</summary>
 public class StealTests
 {
     [KernelFact]
@@ -41,5 +41,12 @@ public class StealTests
         Assert.InRange(steal, 0.5, seconds);
         Assert.InRange(run + steal, 1.5, seconds);
         Assert.True(m.Sum("kvm_vmm_threads_run_seconds_total", ("vm", name)) > 0, "the VMM's other threads ran too");
+
+        // What KVM itself wrote into the guest's kvm_steal_time (MSR_KVM_STEAL_TIME, which load enables) at the vCPU's
+        // last entry: the agent's figure, sampled every 0.5 s, is within one sampling interval of it (steal grows at
+        // most 1 s per s).
+        double guest = report.GetProperty("vms")[0].GetProperty("vcpus")[0].GetProperty("guest_steal_ns").GetInt64() / 1e9;
+        Assert.InRange(guest, 0.5, seconds);
+        Assert.InRange(steal, guest - 0.5, guest + 0.5);
     }
 }

@@ -219,8 +219,35 @@ public sealed class LatencyPipelineTests : IDisposable
         Assert.Equal(0, Wakeups(HaltOutcome.Unknown));
         Assert.Equal(900_000, snapshot.Single(s => s.Family == MetricFamily.HaltDuration && s.Label1 == (uint)HaltOutcome.PollFail).Histogram!.SumNs);
         string text = Render();
-        Assert.Contains("kvm_halt_poll_ns{vm=\"web\",vcpu=\"0\"} 0\n", text);
+        Assert.Contains("kvm_halt_poll_window_seconds{vm=\"web\",vcpu=\"0\"} 0\n", text);
         Assert.Contains("kvm_halt_poll_changes_total{vm=\"web\",vcpu=\"0\",direction=\"grow\"} 1\n", text);
         Assert.Contains("kvm_halt_seconds_count{vm=\"web\",outcome=\"waited\"} 2\n", text);
+    }
+
+    [Fact]
+    public void Halts_of_a_vcpu_older_than_the_agent_wait_for_its_first_window_change()
+    {
+        // A VM that started before the agent: the window its halts start with is not known until a change says
+        // (its old value); the halts before it are held, then classified with it.
+        using var proc = new FakeProc(agentStart: 9_999);
+        proc.Vm(Vm, "qemu-system-x86", "qemu-system-x86_64\0-name\0guest=old\0", start: 4242, threads: [(Cpu0Thread, "CPU 0/KVM")]);
+        var registry = new VmRegistry(proc.Root);
+        var aggregator = new Aggregator(1, registry);
+        registry.Scan();
+        EventFormat wake = _formats["kvm:kvm_vcpu_wakeup"], poll = _formats["kvm:kvm_halt_poll_ns"];
+        byte[] Wakeup(bool waited) => PayloadEncoder.Encode(wake, Cpu0Thread, ("ns", 1_000), ("waited", waited ? 1UL : 0UL), ("valid", 1));
+        var page = Page(null, (1_000, Wakeup(true)), (2_000, Wakeup(false)), (3_000, Wakeup(true)),
+            (4_000, PayloadEncoder.Encode(poll, Cpu0Thread, ("grow", 0), ("vcpu_id", 0), ("new", 5_000), ("old", 20_000))),
+            (4_001, Wakeup(true)));
+        var handler = new RecordHandler(_decoders, aggregator.Shards[0]);
+        var buffer = new ReadOnlySequence<byte>(page);
+        PageStreamParser.ParsePages(ref buffer, Fixture.PageHeader, ref handler);
+
+        List<MergedSeries> snapshot = aggregator.Snapshot().ToList();
+        long Wakeups(HaltOutcome o) => snapshot.Where(s => s.Family == MetricFamily.HaltWakeups && s.Label1 == (uint)o).Sum(s => s.Value);
+        Assert.Equal(3, Wakeups(HaltOutcome.PollFail)); // two held, and the one the change ended
+        Assert.Equal(1, Wakeups(HaltOutcome.PollSuccess));
+        Assert.Equal(0, Wakeups(HaltOutcome.Unknown));
+        Assert.Equal(4, aggregator.Shards[0].EventsOf(KvmEventKind.VcpuWakeup));
     }
 }

@@ -18,11 +18,12 @@ internal static class LoadCommand
         var timer = new Option<long>("--timer-ns") { Description = "hlt mode: APIC timer period", DefaultValueFactory = _ => 200_000 };
         var delay = new Option<long>("--start-delay-ms") { Description = "wait this long after the vCPU threads are created and named, before the guest runs (lets per-thread observers attach)" };
         var pin = new Option<bool>("--pin") { Description = "pin vCPU N to CPU N % nproc" };
+        var cycles = new Option<long>("--cycles") { Description = "start and stop the VMs this many times, one after the other (names get -cN)", DefaultValueFactory = _ => 1 };
         var child = new Option<bool>(Workload.LoadRunner.ChildFlag) { Hidden = true };
 
         var command = new Command("load", "Run micro-VMs that drive kvm events; print what was driven as JSON")
         {
-            mode, vms, vcpus, count, duration, name, timer, delay, pin, child,
+            mode, vms, vcpus, count, duration, name, timer, delay, pin, cycles, child,
         };
         command.SetAction(parse =>
         {
@@ -41,6 +42,7 @@ internal static class LoadCommand
                     TimerPeriodNs = (uint)InRange("--timer-ns", parse.GetValue(timer), 10_000, 1_000_000_000),
                     StartDelay = TimeSpan.FromMilliseconds(InRange("--start-delay-ms", parse.GetValue(delay), 0, 600_000)),
                     Pin = parse.GetValue(pin),
+                    Cycles = (int)InRange("--cycles", parse.GetValue(cycles), 1, 100_000),
                 };
             }
             catch (ArgumentException e)

@@ -98,13 +98,25 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
         aggregator.Registry.Scan();
         _housekeeping = new Thread(Housekeeping) { IsBackground = true, Name = "kvmobserve housekeeping" };
         _housekeeping.Start();
+        // The procfs walk for VMs takes tens of ms on a busy host: on its own thread, so naming a new thread at its
+        // first series (housekeeping) never waits behind it.
+        _discovery = new Thread(Discovery) { IsBackground = true, Name = "kvmobserve discovery" };
+        _discovery.Start();
         return Task.CompletedTask;
+    }
+
+    private Thread? _discovery;
+
+    private void Discovery()
+    {
+        while (!_stop.Token.WaitHandle.WaitOne(options.DiscoveryIntervalMs))
+            aggregator.Registry.Scan();
     }
 
     private void Housekeeping()
     {
         var reported = new HashSet<int>();
-        DateTime nextScan = DateTime.UtcNow, nextSample = DateTime.UtcNow;
+        DateTime nextSample = DateTime.UtcNow;
         WaitHandle[] wake = [_stop.Token.WaitHandle, aggregator.NewSeries];
         while (WaitHandle.WaitAny(wake, 250) != 0)
         {
@@ -121,11 +133,6 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
                     Log.VmExpired(logger, vm);
                 }
             }
-            if (DateTime.UtcNow >= nextScan)
-            {
-                aggregator.Registry.Scan();
-                nextScan = DateTime.UtcNow.AddMilliseconds(options.DiscoveryIntervalMs);
-            }
             foreach ((int cpu, Exception error) in _source!.Failures)
             {
                 if (reported.Add(cpu))
@@ -138,6 +145,7 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
     {
         _stop.Cancel();
         _housekeeping?.Join();
+        _discovery?.Join();
         if (_source is not null)
         {
             _source.Stop();

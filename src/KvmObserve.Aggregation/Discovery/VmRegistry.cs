@@ -250,6 +250,8 @@ public sealed class VmRegistry
         }
         string comm = (ReadText(Path.Combine(procDir, "comm")) ?? "").Trim();
         string[] argv = ProcfsParsers.SplitCmdline(ReadText(Path.Combine(procDir, "cmdline")) ?? "");
+        if (argv.Length == 0 && comm.Length == 0)
+            return null; // mid-exec (or a kernel thread): nothing to name it by yet, look again later
         (string name, string vmm, string uuid) = ProcfsParsers.IdentifyVm(argv, comm, pid);
         string ns = "", podUid = "";
         if (ReadText(Path.Combine(procDir, "cgroup")) is string cgroup && ProcfsParsers.KubernetesPodUid(cgroup) is string uid)
@@ -306,8 +308,14 @@ public sealed class VmRegistry
     {
         foreach (VmInfo other in _vmsByPid.Values)
         {
-            if (other.Name == name && other.Pid != pid && other.ExitedAt is null)
-                return $"{name}-{pid}";
+            if (other.Name != name || other.Pid == pid || other.ExitedAt is not null)
+                continue;
+            if (!ProcessAlive(other))
+            {
+                other.ExitedAt = DateTime.UtcNow; // exited since the last scan: a restart, not a twin
+                continue;
+            }
+            return $"{name}-{pid}";
         }
         return name;
     }
