@@ -163,13 +163,16 @@ public partial class DepthTests
 
         // Restarted within the grace period under the same name: its counter continues.
         string again = $"{name}-0-c99";
-        Agent.Load("--mode", "pio", "--count", "70", "--name", again);
-        Assert.Equal(5070, agent.ScrapeUntil(x => x.Sum("kvm_pio_total", ("vm", again)) >= 5070).Sum("kvm_pio_total", ("vm", again)));
+        Agent.Load("--mode", "pio", "--count", "5000", "--name", again);
+        Assert.Equal(10000, agent.ScrapeUntil(x => x.Sum("kvm_pio_total", ("vm", again)) >= 10000).Sum("kvm_pio_total", ("vm", again)));
 
         Metrics after = agent.ScrapeUntil(x => !x.Samples.Any(s => s.Labels.TryGetValue("vm", out string? vm) && vm.StartsWith(name, StringComparison.Ordinal)),
             TimeSpan.FromSeconds(20));
         Assert.DoesNotContain(after.Samples, s => s.Labels.TryGetValue("vm", out string? vm) && vm.StartsWith(name, StringComparison.Ordinal));
-        Assert.Equal(0, after.Sum("kvmobserve_series", ("family", "kvm_pio_total")));
+        // What is left of pio: at most the warm-up VM (expired too by now) and vm="unknown", where the events of a VM
+        // that ended before its threads could be read are counted (kept: it is one label set per key, not per VM).
+        Assert.All(after.Samples.Where(x => x.Name == "kvm_pio_total"), x => Assert.Contains(x.Labels["vm"], new[] { "unknown", $"warm{Environment.ProcessId}" }));
+        Assert.InRange(after.Sum("kvmobserve_series", ("family", "kvm_pio_total")), 0, 2);
         Assert.Equal(0, after.Sum("kvmobserve_series_overflow_total"));
         Assert.InRange(OpenFds(agent.Pid), 0, fdsBefore);
         Assert.Equal(0, agent.Stop());
