@@ -88,12 +88,9 @@ public readonly struct AggregatingSink(Shard shard) : IKvmEventSink
         if (slot < 0)
             return;
         ThreadStates states = Shard.States;
-        ref ThreadStates.Slot s = ref states.Lock(slot);
-        if (s.Tid != context.Tid)
-        {
-            ThreadStates.Unlock(ref s);
+        ref ThreadStates.Slot s = ref states.LockThread(slot, context.Tid);
+        if (Unsafe.IsNullRef(ref s))
             return;
-        }
         if (record.Vcpu >= 0)
             s.Vcpu = record.Vcpu;
         bool paired = states.TryPairOrphan(ref s, out ThreadStates.Pair pair, out bool gap);
@@ -135,12 +132,9 @@ public readonly struct AggregatingSink(Shard shard) : IKvmEventSink
         if (slot < 0)
             return;
         ThreadStates states = Shard.States;
-        ref ThreadStates.Slot s = ref states.Lock(slot);
-        if (s.Tid != context.Tid)
-        {
-            ThreadStates.Unlock(ref s);
+        ref ThreadStates.Slot s = ref states.LockThread(slot, context.Tid);
+        if (Unsafe.IsNullRef(ref s))
             return;
-        }
         if (record.Vcpu >= 0)
             s.Vcpu = record.Vcpu;
         bool pairedOrphan = states.TryPairOrphan(ref s, out ThreadStates.Pair orphanPair, out bool orphanGap);

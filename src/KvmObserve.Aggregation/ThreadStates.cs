@@ -232,6 +232,18 @@ public sealed class ThreadStates
             spin.SpinOnce(sleep1Threshold: -1);
     }
 
+    /// <summary>Locks the slot if it still belongs to <paramref name="tid"/> (it may have been freed and taken by
+    /// another thread since it was found); otherwise leaves it unlocked and returns a null ref.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal ref Slot LockThread(int index, int tid)
+    {
+        ref Slot s = ref Lock(index);
+        if (s.Tid == tid)
+            return ref s;
+        Unlock(ref s);
+        return ref Unsafe.NullRef<Slot>();
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static void Unlock(ref Slot s) => Volatile.Write(ref s.Lock, 0);
 
