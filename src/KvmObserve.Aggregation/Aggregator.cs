@@ -33,6 +33,8 @@ public sealed class Aggregator
     private readonly Shard[] _shards;
     private readonly int[] _resolvedVersion;
     private readonly object _gate = new();
+    /// <summary>Only for naming new threads: never waits behind a fold or a compaction.</summary>
+    private readonly object _resolveGate = new();
     private readonly SeriesStore _store;
     private DateTime _lastRank;
     private bool _compactDue;
@@ -87,7 +89,7 @@ public sealed class Aggregator
     /// Cheap when nothing is new: one version compare per shard.</summary>
     public void ResolveNewThreads()
     {
-        lock (_gate)
+        lock (_resolveGate)
         {
             for (int i = 0; i < _shards.Length; i++)
             {
@@ -202,7 +204,8 @@ public sealed class Aggregator
                     return crowded && idleFolds >= 20;
                 });
             }
-            _resolvedVersion[shard.Cpu] = table.Version; // nothing new to resolve from a compaction
+            lock (_resolveGate)
+                _resolvedVersion[shard.Cpu] = table.Version; // nothing new to resolve from a compaction
         }
         foreach (int tid in gone)
             States.Forget(tid);

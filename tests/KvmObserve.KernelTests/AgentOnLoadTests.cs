@@ -42,7 +42,10 @@ public class AgentOnLoadTests
         string name = $"e2e-{source}-{Environment.ProcessId}";
         JsonElement report = Agent.Load([.. loadArgs, "--mode", "all", "--vms", "2", "--vcpus", "2", "--count", "3000", "--name", name]);
         long expectedPio = PerVm(report, "pio").Values.Sum();
-        Metrics m = agent.ScrapeUntil(x => x.Sum("kvm_pio_total") >= expectedPio && x.Sum("kvm_halt_wakeups_total") > 0);
+        // Each CPU's ring is read on its own: wait until every family has caught up, not only the first.
+        long expectedMsr = PerVm(report, "msr").Values.Sum(), expectedCpuid = PerVm(report, "cpuid").Values.Sum();
+        Metrics m = agent.ScrapeUntil(x => x.Sum("kvm_pio_total") >= expectedPio && x.Sum("kvm_halt_wakeups_total") > 0
+            && x.Sum("kvm_msr_total") >= expectedMsr && x.Sum("kvm_cpuid_total") >= expectedCpuid);
         Assert.Equal(1, m.Sum("kvmobserve_source_info", ("source", source)));
 
         foreach (((string vm, string key), long n) in PerVm(report, "pio"))

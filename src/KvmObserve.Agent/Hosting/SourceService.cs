@@ -102,6 +102,8 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
         // first series (housekeeping) never waits behind it.
         _discovery = new Thread(Discovery) { IsBackground = true, Name = "kvmobserve discovery" };
         _discovery.Start();
+        _naming = new Thread(Naming) { IsBackground = true, Name = "kvmobserve naming" };
+        _naming.Start();
         return Task.CompletedTask;
     }
 
@@ -113,14 +115,23 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
             aggregator.Registry.Scan();
     }
 
+    private Thread? _naming;
+
+    /// <summary>Names a thread as soon as its first series appears, while its VM still runs: on its own thread, so a
+    /// fold, a compaction or a schedstat sample never delays it.</summary>
+    private void Naming()
+    {
+        WaitHandle[] wake = [_stop.Token.WaitHandle, aggregator.NewSeries];
+        while (WaitHandle.WaitAny(wake, 250) != 0)
+            aggregator.ResolveNewThreads();
+    }
+
     private void Housekeeping()
     {
         var reported = new HashSet<int>();
         DateTime nextSample = DateTime.UtcNow;
-        WaitHandle[] wake = [_stop.Token.WaitHandle, aggregator.NewSeries];
-        while (WaitHandle.WaitAny(wake, 250) != 0)
+        while (!_stop.Token.WaitHandle.WaitOne(250))
         {
-            aggregator.ResolveNewThreads();
             if (DateTime.UtcNow >= nextSample)
             {
                 schedstat.Sample(); // between scrapes too: a thread's last reading before it exits is kept
@@ -146,6 +157,7 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
         _stop.Cancel();
         _housekeeping?.Join();
         _discovery?.Join();
+        _naming?.Join();
         if (_source is not null)
         {
             _source.Stop();
