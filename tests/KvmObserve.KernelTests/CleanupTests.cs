@@ -4,7 +4,7 @@ namespace KvmObserve.KernelTests;
 /// the next agent has started and stopped.</summary>
 public class CleanupTests
 {
-    [KernelFact]
+    [KernelFact(Kvm = false)]
     public void A_clean_stop_leaves_nothing()
     {
         string before = KernelState.GlobalEnabledEvents();
@@ -17,7 +17,7 @@ public class CleanupTests
         Assert.Equal(before, KernelState.GlobalEnabledEvents());
     }
 
-    [KernelFact]
+    [KernelFact(Kvm = false)]
     public void After_sigkill_the_next_start_removes_the_stale_instance()
     {
         var killed = Agent.Start();
@@ -36,7 +36,7 @@ public class CleanupTests
         Assert.Equal("", KernelState.GlobalEnabledEvents());
     }
 
-    [KernelFact]
+    [KernelFact(Kvm = false)]
     public void A_bad_setting_stops_startup_with_one_line_and_exit_code_2()
     {
         var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true };

@@ -24,7 +24,7 @@ public class SourceCycleTests
         catch (IOException) { return false; }
     });
 
-    [KernelTheory]
+    [KernelTheory(Kvm = false)]
     [InlineData("tracefs")]
     [InlineData("perf")]
     [InlineData("perf-count")]
