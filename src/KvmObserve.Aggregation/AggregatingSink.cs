@@ -267,9 +267,6 @@ public readonly struct AggregatingSink(Shard shard) : IKvmEventSink
         Shard.CountEvent(KvmEventKind.VcpuWakeup);
         long pollAtStart = -1;
         int vcpu = NoVcpu;
-        ThreadStates.PendingHalt[]? replay = null;
-        int replayCount = 0;
-        long replayWindow = 0;
         if (slot >= 0)
         {
             ref ThreadStates.Slot s = ref Shard.States.Lock(slot);
@@ -280,68 +277,75 @@ public readonly struct AggregatingSink(Shard shard) : IKvmEventSink
                 pollAtStart = s.PollAtHalt >= 0 ? s.PollAtHalt : s.PollNs;
                 s.PollAtHalt = -1;
                 vcpu = s.Vcpu;
-                if (pollAtStart < 0 && s.PendingHaltCount < ThreadStates.MaxPendingHalts)
+                if (pollAtStart < 0)
                 {
                     // Not known yet: held until the thread's first kvm_halt_poll_ns (its old value) or the agent naming
                     // a vCPU it saw created (0) says.
-                    s.PendingHalts ??= new ThreadStates.PendingHalt[ThreadStates.MaxPendingHalts];
-                    if (s.PendingHaltCount == 0)
-                        s.PendingSince = context.Timestamp;
-                    s.PendingHalts[s.PendingHaltCount++] = new ThreadStates.PendingHalt(record.Ns, record.Waited);
+                    (s.Held ??= new HeldHalts()).Add(record.Ns, record.Waited, context.Timestamp);
                     ThreadStates.Unlock(ref s);
                     return;
                 }
-                if (pollAtStart >= 0 && s.PendingHaltCount > 0)
-                    (replay, replayCount, replayWindow, s.PendingHaltCount) = (s.PendingHalts, s.PendingHaltCount, pollAtStart, 0);
+                if (s.Held is { Total: > 0 } held)
+                    CountHeld(context.Tid, vcpu, held, pollAtStart);
             }
             ThreadStates.Unlock(ref s);
         }
-        for (int i = 0; i < replayCount; i++)
-            CountHalt(in context, vcpu, replay![i].Waited, replayWindow, replay[i].Ns);
         CountHalt(in context, vcpu, record.Waited, pollAtStart, record.Ns);
     }
 
     private void CountHalt(in EventContext context, int vcpu, bool waited, long pollAtStart, ulong ns)
     {
-        HaltOutcome outcome = (waited, pollAtStart) switch
-        {
-            (_, < 0) => HaltOutcome.Unknown,
-            (false, 0) => HaltOutcome.Immediate,
-            (false, _) => HaltOutcome.PollSuccess,
-            (true, 0) => HaltOutcome.Waited,
-            (true, _) => HaltOutcome.PollFail,
-        };
+        HaltOutcome outcome = HeldHalts.Outcome(waited, pollAtStart);
         Shard.Series.Counter(new SeriesKey(context.Tid, vcpu, MetricFamily.HaltWakeups, (uint)outcome, 0))++;
         Observe(MetricFamily.HaltDuration, context.Tid, (uint)outcome, 0, ns);
+    }
+
+    /// <summary>Counts (and empties) a thread's held halts, which all started with window <paramref name="pollNs"/>.
+    /// Under the thread's slot lock: rare, once per thread at most, and bounded (a few dozen buckets).</summary>
+    private void CountHeld(int tid, int vcpu, HeldHalts held, long pollNs)
+    {
+        SeriesTable series = Shard.Series;
+        foreach (bool waited in (ReadOnlySpan<bool>)[false, true])
+        {
+            long n = held.Count(waited);
+            if (n == 0)
+                continue;
+            uint outcome = (uint)HeldHalts.Outcome(waited, pollNs);
+            series.Counter(new SeriesKey(tid, vcpu, MetricFamily.HaltWakeups, outcome, 0)) += n;
+            ReadOnlySpan<long> buckets = held.Buckets(waited);
+            for (int b = 0; b < buckets.Length; b++)
+            {
+                if (buckets[b] != 0)
+                    series.Counter(new SeriesKey(tid, NoVcpu, MetricFamily.HaltDuration, outcome, LatencyBuckets.Label2(0, b))) += buckets[b];
+            }
+            series.Counter(new SeriesKey(tid, NoVcpu, MetricFamily.HaltDuration, outcome, LatencyBuckets.Label2(0, LatencyBuckets.SumSlot))) += held.SumNs(waited);
+        }
+        held.Clear();
     }
 
     public void OnHaltPollNs(in EventContext context, in HaltPollNsRecord record)
     {
         int slot = Track(in context);
         int vcpu = record.Vcpu;
-        ThreadStates.PendingHalt[]? replay = null;
-        int replayCount = 0;
         if (slot >= 0)
         {
             ref ThreadStates.Slot s = ref Shard.States.Lock(slot);
             if (s.Tid == context.Tid)
             {
-                // Halts held for want of the window: every one of them started with this change's old value (the
-                // window changes only by these events).
-                if (s.PollNs < 0 && s.PendingHaltCount > 0)
-                    (replay, replayCount, s.PendingHaltCount) = (s.PendingHalts, s.PendingHaltCount, 0);
-                if (s.PollAtHalt < 0)
-                    s.PollAtHalt = record.Old;
-                Volatile.Write(ref s.PollNs, record.New);
                 if (record.Vcpu >= 0)
                     s.Vcpu = record.Vcpu;
                 else
                     vcpu = s.Vcpu;
+                // Halts held for want of the window: every one of them started with this change's old value (the
+                // window changes only by these events).
+                if (s.PollNs < 0 && s.Held is { Total: > 0 } held)
+                    CountHeld(context.Tid, s.Vcpu, held, record.Old);
+                if (s.PollAtHalt < 0)
+                    s.PollAtHalt = record.Old;
+                Volatile.Write(ref s.PollNs, record.New);
             }
             ThreadStates.Unlock(ref s);
         }
-        for (int i = 0; i < replayCount; i++)
-            CountHalt(in context, vcpu, replay![i].Waited, record.Old, replay[i].Ns);
         Count(KvmEventKind.HaltPollNs, context, record.Vcpu, MetricFamily.HaltPollNsChanges, record.Grow ? 1u : 0u);
     }
 

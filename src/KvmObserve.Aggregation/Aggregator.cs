@@ -120,20 +120,11 @@ public sealed class Aggregator
         var folder = new Folder(Registry, States, _store, now);
         foreach (Shard shard in _shards)
             shard.Series.Fold(ref folder);
-        // Halts held for want of their poll window, for longer than a thread takes to be named: counted as unknown.
-        foreach ((int tid, int vcpu, ThreadStates.PendingHalt[] halts) in States.TakeStaleHalts(ThreadStates.MonotonicNow(), 2_000_000_000))
-        {
-            ThreadIdentity who = Registry.TryResolve(tid, now, wait: false)!;
-            int index = vcpu >= 0 ? vcpu : who.Vcpu;
-            foreach (ThreadStates.PendingHalt halt in halts)
-            {
-                _store.Add(who.Vm.Name, index, MetricFamily.HaltWakeups, (uint)HaltOutcome.Unknown, 0, 1);
-                _store.Add(who.Vm.Name, -1, MetricFamily.HaltDuration, (uint)HaltOutcome.Unknown,
-                    LatencyBuckets.Label2(0, LatencyBuckets.Index(halt.Ns)), 1);
-                _store.Add(who.Vm.Name, -1, MetricFamily.HaltDuration, (uint)HaltOutcome.Unknown,
-                    LatencyBuckets.Label2(0, LatencyBuckets.SumSlot), (long)halt.Ns);
-            }
-        }
+        // Halts held for want of their poll window: released when a new vCPU was named (window 0), or counted as
+        // unknown once held for longer than a thread takes to be named.
+        States.ReleaseStaleHalts(ThreadStates.MonotonicNow(), 2_000_000_000);
+        foreach (ThreadStates.Released released in States.TakeReleasedHalts())
+            AddHeld(released, now);
         // Exits whose entries were read first from another CPU, paired now that their own CPU has been read further.
         foreach (ThreadStates.Pair pair in States.PairOrphans())
         {
@@ -158,6 +149,28 @@ public sealed class Aggregator
         {
             FoldLocked(DateTime.UtcNow);
             return _store.Export();
+        }
+    }
+
+    private void AddHeld(ThreadStates.Released released, DateTime now)
+    {
+        ThreadIdentity who = Registry.TryResolve(released.Tid, now, wait: false)!;
+        int vcpu = released.Vcpu >= 0 ? released.Vcpu : who.Vcpu;
+        string vm = who.Vm.Name;
+        foreach (bool waited in (ReadOnlySpan<bool>)[false, true])
+        {
+            long n = released.Halts.Count(waited);
+            if (n == 0)
+                continue;
+            uint outcome = (uint)HeldHalts.Outcome(waited, released.PollNs);
+            _store.Add(vm, vcpu, MetricFamily.HaltWakeups, outcome, 0, n);
+            ReadOnlySpan<long> buckets = released.Halts.Buckets(waited);
+            for (int b = 0; b < buckets.Length; b++)
+            {
+                if (buckets[b] != 0)
+                    _store.Add(vm, -1, MetricFamily.HaltDuration, outcome, LatencyBuckets.Label2(0, b), buckets[b]);
+            }
+            _store.Add(vm, -1, MetricFamily.HaltDuration, outcome, LatencyBuckets.Label2(0, LatencyBuckets.SumSlot), released.Halts.SumNs(waited));
         }
     }
 
@@ -187,7 +200,6 @@ public sealed class Aggregator
 
     private void Compact()
     {
-        var gone = new HashSet<int>();
         foreach (Shard shard in _shards)
         {
             SeriesTable table = shard.Series;
@@ -197,18 +209,15 @@ public sealed class Aggregator
                 table.Compact((key, idleFolds) =>
                 {
                     if (Registry.IsGone(key.Tid))
-                    {
-                        gone.Add(key.Tid);
                         return true;
-                    }
                     return crowded && idleFolds >= 20;
                 });
             }
             lock (_resolveGate)
                 _resolvedVersion[shard.Cpu] = table.Version; // nothing new to resolve from a compaction
         }
-        foreach (int tid in gone)
-            States.Forget(tid);
+        // The threads' own states stay until their VM's grace has passed (Maintain): a gone thread's last records may
+        // still be in a ring that is read after this.
     }
 
     /// <summary>Label sets the family exports now (a histogram counts once).</summary>

@@ -100,24 +100,32 @@ public sealed class ThreadStates
         return false;
     }
 
-    /// <summary>Takes the held halts of threads whose poll window has stayed unknown for <paramref name="patience"/> ns
-    /// of trace time: they are counted as outcome "unknown" rather than never.</summary>
-    internal List<(int Tid, int Vcpu, PendingHalt[] Halts)> TakeStaleHalts(ulong now, ulong patience)
+    /// <summary>Held halts whose window became known outside the hot path (a seeded vCPU), or that waited for it too
+    /// long: for the aggregator to count at its next fold, with the window they started with (-1: unknown).</summary>
+    private readonly System.Collections.Concurrent.ConcurrentQueue<Released> _released = new();
+
+    internal readonly record struct Released(int Tid, int Vcpu, HeldHalts Halts, long PollNs);
+
+    /// <summary>Releases the held halts of threads whose poll window has stayed unknown for <paramref name="patience"/>
+    /// ns of trace time, to be counted as outcome "unknown" rather than never.</summary>
+    internal void ReleaseStaleHalts(ulong now, ulong patience)
     {
-        var taken = new List<(int, int, PendingHalt[])>();
         for (int i = 0; i < _slots.Length; i++)
         {
-            if (Volatile.Read(ref _slots[i].Tid) <= 0 || Volatile.Read(ref _slots[i].PendingHaltCount) == 0)
+            if (Volatile.Read(ref _slots[i].Tid) <= 0 || _slots[i].Held is not { } held || held.Total == 0)
                 continue;
             ref Slot s = ref Lock(i);
-            if (s.Tid > 0 && s.PendingHaltCount > 0 && s.PendingSince + patience < now)
-            {
-                taken.Add((s.Tid, s.Vcpu, s.PendingHalts![..s.PendingHaltCount]));
-                s.PendingHaltCount = 0;
-            }
+            if (s.Tid > 0 && s.Held is { Total: > 0 } h && h.Since + patience < now)
+                _released.Enqueue(new Released(s.Tid, s.Vcpu, h.Take(), -1));
             Unlock(ref s);
         }
-        return taken;
+    }
+
+    /// <summary>Held halts released since the last call.</summary>
+    internal IEnumerable<Released> TakeReleasedHalts()
+    {
+        while (_released.TryDequeue(out Released r))
+            yield return r;
     }
 
     /// <summary>Pairs what <see cref="TryPairOrphan"/> could not when it last looked, for threads that have had no
@@ -286,7 +294,8 @@ public sealed class ThreadStates
     }
 
     /// <summary>Sets the halt-poll window of a thread whose vCPU was created while the agent ran (KVM starts every
-    /// vCPU's window at 0), unless a kvm_halt_poll_ns has already told it.</summary>
+    /// vCPU's window at 0), unless a kvm_halt_poll_ns has already told it. Halts held for want of it started with it:
+    /// they are released to be counted (the thread may never halt again to have them replayed).</summary>
     public void SeedPollWindow(int tid, long pollNs)
     {
         int cache = -1;
@@ -295,11 +304,17 @@ public sealed class ThreadStates
             return;
         ref Slot s = ref Lock(i);
         if (s.Tid == tid && s.PollNs < 0)
+        {
             Volatile.Write(ref s.PollNs, pollNs);
+            if (s.Held is { Total: > 0 } held)
+                _released.Enqueue(new Released(tid, s.Vcpu, held.Take(), pollNs));
+        }
         Unlock(ref s);
     }
 
-    /// <summary>Frees the slot of a thread that has exited.</summary>
+    /// <summary>Frees the slot of a thread whose VM has been gone for the grace period. Not sooner: its last records
+    /// can still be in a ring that is read later, and they need the state (a halt's poll window above all). Halts still
+    /// held by then were released as stale long before.</summary>
     public void Forget(int tid)
     {
         int i = Lookup(tid);
@@ -323,11 +338,6 @@ public sealed class ThreadStates
         }
         return -1;
     }
-
-    internal readonly record struct PendingHalt(ulong Ns, bool Waited);
-
-    /// <summary>Halts held per thread while its poll window is unknown; past that they are counted as unknown.</summary>
-    internal const int MaxPendingHalts = 256;
 
     internal struct Slot
     {
@@ -372,9 +382,7 @@ public sealed class ThreadStates
 
         /// <summary>Halts that ended while the window they started with was not known yet (the thread's vCPU existed
         /// before the agent, or the agent had not named it yet): classified once it is.</summary>
-        public PendingHalt[]? PendingHalts;
-        public int PendingHaltCount;
-        public ulong PendingSince;
+        public HeldHalts? Held;
 
         /// <summary>Everything but Tid and Lock back to "nothing known".</summary>
         public void Reset()
@@ -386,7 +394,7 @@ public sealed class ThreadStates
             UserTs = 0;
             PollNs = -1;
             PollAtHalt = -1;
-            PendingHaltCount = 0;
+            Held?.Clear();
         }
     }
 }

@@ -250,4 +250,71 @@ public sealed class LatencyPipelineTests : IDisposable
         Assert.Equal(0, Wakeups(HaltOutcome.Unknown));
         Assert.Equal(4, aggregator.Shards[0].EventsOf(KvmEventKind.VcpuWakeup));
     }
+
+    /// <summary>A new VM whose vCPU halted hundreds of times before the agent named it: the held halts are classified
+    /// with window 0 when it is named, however many there were and though the vCPU never halts again.</summary>
+    [Fact]
+    public void Halts_held_before_a_new_vcpu_is_named_are_counted_when_it_is()
+    {
+        using var proc = new FakeProc(agentStart: 1_000);
+        var registry = new VmRegistry(proc.Root);
+        var aggregator = new Aggregator(1, registry);
+        EventFormat wake = _formats["kvm:kvm_vcpu_wakeup"];
+        var records = new List<(ulong, byte[])>();
+        ulong sum = 0;
+        for (int i = 0; i < 300; i++)
+        {
+            ulong ns = 1_000 + (ulong)i * 37;
+            sum += ns;
+            records.Add((1_000 + (ulong)i * 10, PayloadEncoder.Encode(wake, Cpu0Thread, ("ns", ns), ("waited", i % 3 == 0 ? 1UL : 0UL), ("valid", 1))));
+        }
+        var handler = new RecordHandler(_decoders, aggregator.Shards[0]);
+        // Two pages of 150: the records are read before the VM's process is found.
+        foreach (var chunk in records.Chunk(150))
+        {
+            var buffer = new ReadOnlySequence<byte>(Page(null, chunk));
+            PageStreamParser.ParsePages(ref buffer, Fixture.PageHeader, ref handler);
+        }
+        proc.Vm(Vm, "qemu-system-x86", "qemu-system-x86_64\0-name\0guest=late\0", start: 5_000, threads: [(Cpu0Thread, "CPU 0/KVM")]);
+        registry.Scan();
+
+        List<MergedSeries> snapshot = aggregator.Snapshot().ToList();
+        long Wakeups(HaltOutcome o) => snapshot.Where(s => s.Family == MetricFamily.HaltWakeups && s.Label1 == (uint)o && s.Vm == "late").Sum(s => s.Value);
+        Assert.Equal(100, Wakeups(HaltOutcome.Waited));
+        Assert.Equal(200, Wakeups(HaltOutcome.Immediate));
+        Assert.Equal(0, Wakeups(HaltOutcome.Unknown));
+        Assert.Equal((long)sum, snapshot.Where(s => s.Family == MetricFamily.HaltDuration).Sum(s => s.Histogram!.SumNs));
+        Assert.Equal(300, snapshot.Where(s => s.Family == MetricFamily.HaltDuration).Sum(s => s.Histogram!.Count));
+    }
+
+    /// <summary>A VM's last records can be read after its process is seen gone (another CPU's ring is read later):
+    /// the thread's state outlives the compaction of its series, so those halts still get their window.</summary>
+    [Fact]
+    public void Halts_read_after_the_vm_exited_still_know_their_window()
+    {
+        using var proc = new FakeProc(agentStart: 1_000);
+        proc.Vm(Vm, "qemu-system-x86", "qemu-system-x86_64\0-name\0guest=gone\0", start: 5_000, threads: [(Cpu0Thread, "CPU 0/KVM")]);
+        var registry = new VmRegistry(proc.Root);
+        var aggregator = new Aggregator(1, registry);
+        registry.Scan();
+        EventFormat wake = _formats["kvm:kvm_vcpu_wakeup"];
+        byte[] Wakeup(bool waited) => PayloadEncoder.Encode(wake, Cpu0Thread, ("ns", 2_000), ("waited", waited ? 1UL : 0UL), ("valid", 1));
+        var handler = new RecordHandler(_decoders, aggregator.Shards[0]);
+        void Feed(byte[] page)
+        {
+            var buffer = new ReadOnlySequence<byte>(page);
+            PageStreamParser.ParsePages(ref buffer, Fixture.PageHeader, ref handler);
+        }
+        Feed(Page(null, (1_000, Wakeup(true)), (2_000, Wakeup(true))));
+        proc.Exit(Vm);
+        registry.Scan();
+        aggregator.Maintain(DateTime.UtcNow); // compacts the exited thread's series
+        Feed(Page(null, (3_000, Wakeup(true)), (4_000, Wakeup(false))));
+
+        List<MergedSeries> snapshot = aggregator.Snapshot().ToList();
+        long Wakeups(HaltOutcome o) => snapshot.Where(s => s.Family == MetricFamily.HaltWakeups && s.Label1 == (uint)o && s.Vm == "gone").Sum(s => s.Value);
+        Assert.Equal(3, Wakeups(HaltOutcome.Waited));
+        Assert.Equal(1, Wakeups(HaltOutcome.Immediate));
+        Assert.Equal(0, Wakeups(HaltOutcome.Unknown));
+    }
 }
