@@ -36,10 +36,27 @@ public static class MetricsRenderer
     private static readonly string[] BucketBounds = Enumerable.Range(0, LatencyBuckets.Bounds)
         .Select(i => LatencyBuckets.UpperBoundSeconds(i).ToString("R", CultureInfo.InvariantCulture).ToLowerInvariant()).Append("+Inf").ToArray();
 
-    public static void Render(IBufferWriter<byte> output, ExpositionContext context)
+    public static void Render(IBufferWriter<byte> output, ExpositionContext context, bool openMetrics = false) =>
+        Render(new PrometheusTextWriter(output, openMetrics), context);
+
+    /// <summary>Every family's header, no samples: what an empty aggregate renders.</summary>
+    public static void RenderFamilies(MetricWriter w)
+    {
+        var registry = new VmRegistry(Path.Combine(Path.GetTempPath(), "kvmobserve-no-proc"));
+        Render(w, new ExpositionContext
+        {
+            Aggregator = new Aggregator(1, registry, new AggregatorOptions { Threads = 16, ShardSeries = 16 }),
+            SourceName = "",
+            Tracepoints = [],
+            ExitReasons = ExitReasonTables.BuiltIn,
+            UserspaceExitReasons = new Dictionary<long, string>(),
+            Schedstat = new SchedstatCollector(registry),
+        });
+    }
+
+    public static void Render(MetricWriter w, ExpositionContext context)
     {
         long started = Stopwatch.GetTimestamp();
-        var w = new PrometheusTextWriter(output);
         Aggregator aggregator = context.Aggregator;
         IReadOnlyList<MergedSeries> series = aggregator.Snapshot();
 
@@ -70,15 +87,16 @@ public static class MetricsRenderer
         WriteSelfMetrics(w, context);
         w.Family("kvmobserve_scrape_duration_seconds", "gauge", "Time spent rendering this scrape.");
         w.Begin("kvmobserve_scrape_duration_seconds").Value(Stopwatch.GetElapsedTime(started).TotalSeconds);
+        w.End();
     }
 
-    private static void WriteSeries(PrometheusTextWriter w, string name, in MergedSeries s, ExpositionContext context)
+    private static void WriteSeries(MetricWriter w, string name, in MergedSeries s, ExpositionContext context)
     {
         WriteLabels(w.Begin(name), s, context);
         w.Value(s.Value);
     }
 
-    private static void WriteHistogram(PrometheusTextWriter w, string name, in MergedSeries s, Histogram h, ExpositionContext context)
+    private static void WriteHistogram(MetricWriter w, string name, in MergedSeries s, Histogram h, ExpositionContext context)
     {
         string bucket = name + "_bucket";
         long cumulative = 0;
@@ -96,7 +114,7 @@ public static class MetricsRenderer
 
     /// <summary>The labels of a series: vm, vcpu where the family has it, then the family's own. A family's overflow
     /// series says "overflow" in each.</summary>
-    private static void WriteLabels(PrometheusTextWriter w, in MergedSeries s, ExpositionContext context)
+    private static void WriteLabels(MetricWriter w, in MergedSeries s, ExpositionContext context)
     {
         bool overflow = s.Label1 == SeriesTable.OverflowLabel && s.Vm == SeriesStore.OverflowVm;
         w.Label("vm", s.Vm);
@@ -179,7 +197,7 @@ public static class MetricsRenderer
     };
 
     /// <summary>Each vCPU's halt-poll window as its last kvm_halt_poll_ns left it.</summary>
-    private static void WriteHaltPollWindows(PrometheusTextWriter w, Aggregator aggregator)
+    private static void WriteHaltPollWindows(MetricWriter w, Aggregator aggregator)
     {
         // kvm_halt_poll_ns in base units: promtool rejects "ns" in a metric name.
         w.Family("kvm_halt_poll_window_seconds", "gauge", "A vCPU's current halt-polling window, as its last kvm_halt_poll_ns set it.");
@@ -199,7 +217,7 @@ public static class MetricsRenderer
     }
 
     /// <summary>vCPU threads per vCPU; the VMM's other threads (I/O, emulation, main loop) per VM.</summary>
-    private static void WriteSchedstat(PrometheusTextWriter w, IReadOnlyList<SchedstatCollector.Totals> totals)
+    private static void WriteSchedstat(MetricWriter w, IReadOnlyList<SchedstatCollector.Totals> totals)
     {
         (string Name, string Help, bool Vcpu, bool Steal)[] families =
         [
@@ -226,7 +244,7 @@ public static class MetricsRenderer
     private static string ExitReason(ExpositionContext context, uint isa, uint reason) =>
         reason == MetricFamilies.OtherKey ? "other" : context.ExitReasons.Name(isa, reason);
 
-    private static void WriteSelfMetrics(PrometheusTextWriter w, ExpositionContext context)
+    private static void WriteSelfMetrics(MetricWriter w, ExpositionContext context)
     {
         Aggregator aggregator = context.Aggregator;
         string source = context.SourceName;

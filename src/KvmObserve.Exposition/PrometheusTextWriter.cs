@@ -13,14 +13,19 @@ namespace KvmObserve.Exposition;
 /// kvm_pio_total{vm="web-1",port="0x3f8",direction="out"} 1234
 /// </code>
 /// </summary>
-public sealed class PrometheusTextWriter(IBufferWriter<byte> output)
+/// <remarks>With <c>openMetrics</c>, it writes OpenMetrics text 1.0.0 instead: a counter's family is named without its
+/// _total suffix (its samples keep it), and the exposition ends with "# EOF".</remarks>
+public sealed class PrometheusTextWriter(IBufferWriter<byte> output, bool openMetrics = false) : MetricWriter
 {
     public const string ContentType = "text/plain; version=0.0.4; charset=utf-8";
+    public const string OpenMetricsContentType = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
     private bool _firstLabel;
 
-    public void Family(string name, string type, string help)
+    public override void Family(string name, string type, string help)
     {
+        if (openMetrics && type == "counter" && name.EndsWith("_total", StringComparison.Ordinal))
+            name = name[..^"_total".Length];
         Ascii("# HELP ");
         Ascii(name);
         Byte((byte)' ');
@@ -32,14 +37,20 @@ public sealed class PrometheusTextWriter(IBufferWriter<byte> output)
         Byte((byte)'\n');
     }
 
-    public PrometheusTextWriter Begin(string metricName)
+    public override void End()
+    {
+        if (openMetrics)
+            Ascii("# EOF\n");
+    }
+
+    public override MetricWriter Begin(string metricName)
     {
         Ascii(metricName);
         _firstLabel = true;
         return this;
     }
 
-    public PrometheusTextWriter Label(string name, string value)
+    public override MetricWriter Label(string name, string value)
     {
         LabelStart(name);
         Escaped(value, escapeQuotes: true);
@@ -47,7 +58,7 @@ public sealed class PrometheusTextWriter(IBufferWriter<byte> output)
         return this;
     }
 
-    public PrometheusTextWriter Label(string name, long value)
+    public override MetricWriter Label(string name, long value)
     {
         LabelStart(name);
         Number(value);
@@ -63,14 +74,14 @@ public sealed class PrometheusTextWriter(IBufferWriter<byte> output)
         Ascii("=\"");
     }
 
-    public void Value(long value)
+    public override void Value(long value)
     {
         CloseLabels();
         Number(value);
         Byte((byte)'\n');
     }
 
-    public void Value(double value)
+    public override void Value(double value)
     {
         CloseLabels();
         if (double.IsPositiveInfinity(value)) Ascii("+Inf");

@@ -40,9 +40,9 @@ public static class MetricSelection
             else if (Tracepoints.ContainsKey(item))
                 groups.Add(item);
             else
-                throw new FormatException($"--metrics: '{item}' is not one of all, {string.Join(", ", All)}");
+                throw new FormatException($"'{item}' is not one of all, {string.Join(", ", All)}");
         }
-        return groups.Count == 0 ? throw new FormatException("--metrics: name at least one group") : groups.Distinct().ToList();
+        return groups.Count == 0 ? throw new FormatException("name at least one group") : groups.Distinct().ToList();
     }
 
     public static IReadOnlyCollection<string> TracepointsFor(IEnumerable<string> groups) =>

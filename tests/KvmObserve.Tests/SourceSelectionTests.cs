@@ -45,7 +45,7 @@ public class SourceSelectionTests
         Assert.Equal(MetricSelection.All, MetricSelection.Parse("all"));
         Assert.Equal(["kvm_vcpu_wakeup", "kvm_halt_poll_ns", "kvm_pio"], MetricSelection.TracepointsFor(MetricSelection.Parse("halt,pio")));
         var e = Assert.Throws<FormatException>(() => MetricSelection.Parse("exits,ports"));
-        Assert.StartsWith("--metrics: 'ports' is not one of all, exits, userspace_exits", e.Message);
+        Assert.StartsWith("'ports' is not one of all, exits, userspace_exits", e.Message);
     }
 
     [Theory]

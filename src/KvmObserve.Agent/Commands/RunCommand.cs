@@ -16,67 +16,28 @@ namespace KvmObserve.Agent.Commands;
 /// <summary>`kvmobserve run` (the default): the agent.</summary>
 internal static class RunCommand
 {
-    public static readonly Option<string> Listen = new("--listen")
+    public static readonly Option<string?> Config = new("--config")
     {
-        Description = $"HOST:PORT for /metrics (default {AgentOptionsDefaults.Listen})",
-        DefaultValueFactory = _ => AgentOptionsDefaults.Listen,
+        Description = "A JSON file of settings (keys as in README: Listen, Source, Otlp:Endpoint ...); environment variables KVMOBSERVE__KEY override it, flags override both",
     };
 
-    public static readonly Option<string> Source = new("--source")
+    public static readonly Option<bool> PrintConfig = new("--print-config")
     {
-        Description = "Where events come from: auto (counters when every metric is a plain count, else tracefs), tracefs, perf, perf-count",
-        DefaultValueFactory = _ => AgentOptionsDefaults.Source,
+        Description = "Print the effective settings, each with where it came from, and exit",
     };
 
-    public static readonly Option<int> SeriesLimit = new("--series-limit")
-    {
-        Description = "Label sets per metric family; past it, new ones count into the family's overflow series",
-        DefaultValueFactory = _ => AgentOptionsDefaults.SeriesLimit,
-    };
+    /// <summary>One flag per setting, with no default of its own: a flag given overrides the file and environment.</summary>
+    private static readonly IReadOnlyList<(Setting Setting, Option<string?> Option)> SettingOptions =
+        Settings.All.Select(s => (s, new Option<string?>(s.Flag) { Description = $"{s.Meaning} (default: {(s.Default.Length == 0 ? "none" : s.Default)}; {s.Environment}; \"{s.Key}\" in --config)" })).ToList();
 
-    public static readonly Option<int> TopK = new("--top-k")
-    {
-        Description = "Ports, MMIO pages, MSRs, CPUID leaves and vectors per VM with their own series (by rate); the rest is \"other\"",
-        DefaultValueFactory = _ => AgentOptionsDefaults.TopK,
-    };
-
-    public static readonly Option<string> VmGrace = new("--vm-grace")
-    {
-        Description = "How long an exited VM's series stay (a VM restarted under its name within it continues them)",
-        DefaultValueFactory = _ => AgentOptionsDefaults.VmGrace,
-    };
-
-    public static readonly Option<int> BufferKb = new("--buffer-kb")
-    {
-        Description = "Per-CPU ring size in KiB of the tracefs instance or perf ring (0: 4096)",
-        DefaultValueFactory = _ => 0,
-    };
-
-    public static readonly Option<string> Metrics = new("--metrics")
-    {
-        Description = "Metric groups to collect: all, or a list of " + string.Join(", ", KvmObserve.Sources.MetricSelection.All),
-        DefaultValueFactory = _ => AgentOptionsDefaults.Metrics,
-    };
-
-    public static readonly Option<int?> WakeupPercent = new("--wakeup-percent")
-    {
-        Description = "How full a ring gets before its reader wakes (tracefs buffer_percent, perf watermark); default 25",
-    };
-
-    public static readonly Option<int> DiscoveryInterval = new("--discovery-interval-ms")
-    {
-        Description = "How often procfs is rescanned for VMs and their threads",
-        DefaultValueFactory = _ => AgentOptionsDefaults.DiscoveryIntervalMs,
-    };
-
-    private static Option[] All => [Listen, Source, Metrics, SeriesLimit, TopK, VmGrace, BufferKb, WakeupPercent, DiscoveryInterval];
+    private static IEnumerable<Option> All => SettingOptions.Select(o => (Option)o.Option).Append(Config).Append(PrintConfig);
 
     public static Command Create()
     {
-        var command = new Command("run", "Run the agent: read kvm tracepoints and serve /metrics");
+        var command = new Command("run", "Run the agent: read kvm tracepoints and serve /metrics (and OTLP, when an endpoint is set)");
         foreach (Option o in All)
             command.Options.Add(o);
-        command.SetAction((parse, ct) => RunAsync(Bind(parse), ct));
+        command.SetAction((parse, ct) => RunAsync(parse, ct));
         return command;
     }
 
@@ -84,63 +45,115 @@ internal static class RunCommand
     {
         foreach (Option o in All)
             root.Options.Add(o);
-        root.SetAction((parse, ct) => RunAsync(Bind(parse), ct));
+        root.SetAction((parse, ct) => RunAsync(parse, ct));
     }
 
-    private static AgentOptions? Bind(ParseResult parse)
+    /// <summary>The layered settings and the options they give, or the one-line error.</summary>
+    public static (LayeredSettings?, AgentOptions?) Bind(ParseResult parse)
     {
         try
         {
-            return new AgentOptions
+            var flags = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
+            foreach ((Setting setting, Option<string?> option) in SettingOptions)
             {
-                Listen = AgentOptions.ParseListen(parse.GetValue(Listen)!),
-                Source = AgentOptions.ParseSource(parse.GetValue(Source)!),
-                Metrics = AgentOptions.ParseMetrics(parse.GetValue(Metrics)!),
-                WakeupPercent = parse.GetValue(WakeupPercent) is int w ? AgentOptions.InRange("--wakeup-percent", w, 0, 100) : null,
-                DiscoveryIntervalMs = AgentOptions.InRange("--discovery-interval-ms", parse.GetValue(DiscoveryInterval), 50, 3_600_000),
-                SeriesLimit = AgentOptions.Positive("--series-limit", parse.GetValue(SeriesLimit)),
-                TopK = AgentOptions.InRange("--top-k", parse.GetValue(TopK), 1, 4096),
-                VmGrace = AgentOptions.ParseDuration("--vm-grace", parse.GetValue(VmGrace)!),
-                BufferSizeKb = parse.GetValue(BufferKb) >= 0 ? parse.GetValue(BufferKb)
-                    : throw new OptionException("--buffer-kb: must be 0 or a positive number of KiB"),
-            };
+                if (parse.GetValue(option) is string v)
+                    flags[setting.Key] = v;
+            }
+            LayeredSettings layered = LayeredSettings.Load(parse.GetValue(Config), flags);
+            return (layered, AgentOptions.From(layered));
         }
         catch (OptionException e)
         {
             Console.Error.WriteLine($"kvmobserve: {e.Message}");
-            return null;
+            return (null, null);
         }
     }
 
-    private static async Task<int> RunAsync(AgentOptions? options, CancellationToken cancellationToken)
+    private static async Task<int> RunAsync(ParseResult parse, CancellationToken cancellationToken)
     {
-        if (options is null)
+        (LayeredSettings? layered, AgentOptions? options) = Bind(parse);
+        if (options is null || layered is null)
             return 2;
+        if (parse.GetValue(PrintConfig))
+        {
+            PrintSettings(layered, options);
+            return 0;
+        }
+        return await RunAsync(options, cancellationToken);
+    }
+
+    /// <summary>JSON in the --config file's shape, effective values, with an "origin" object naming each one's layer.
+    /// Header values are not printed (they often carry API keys).</summary>
+    private static void PrintSettings(LayeredSettings layered, AgentOptions options)
+    {
+        var values = new System.Text.Json.Nodes.JsonObject();
+        var origins = new System.Text.Json.Nodes.JsonObject();
+        foreach (Setting setting in Settings.All)
+        {
+            (string value, string origin) = layered.Get(setting);
+            if (setting == Settings.OtlpHeaders && value.Length > 0)
+                value = "(set, not shown)";
+            System.Text.Json.Nodes.JsonObject target = values;
+            string[] path = setting.Key.Split(':');
+            for (int i = 0; i < path.Length - 1; i++)
+            {
+                if (target[path[i]] is not System.Text.Json.Nodes.JsonObject child)
+                    target[path[i]] = child = new System.Text.Json.Nodes.JsonObject();
+                target = child;
+            }
+            target[path[^1]] = value;
+            origins[setting.Key] = origin;
+        }
+        values["_origin"] = origins;
+        values["_otlp"] = options.Otlp?.ToString() ?? "off (no endpoint set)";
+        Console.WriteLine(values.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+    }
+
+    private static async Task<int> RunAsync(AgentOptions options, CancellationToken cancellationToken)
+    {
         WebApplicationBuilder builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
         builder.Logging.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss "; });
         builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
-        builder.WebHost.ConfigureKestrel(k => k.Listen(options.Listen));
+        builder.WebHost.ConfigureKestrel(k => k.Listen(options.Listen, listen =>
+        {
+            if (options.Web?.Certificate is { } certificate)
+                listen.UseHttps(certificate);
+        }));
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton(new VmRegistry());
         builder.Services.AddSingleton(sp => new SchedstatCollector(sp.GetRequiredService<VmRegistry>()));
         builder.Services.AddSingleton(sp => new Aggregator(CpuTopology.PossibleCpus(), sp.GetRequiredService<VmRegistry>(), options.Aggregation));
         builder.Services.AddSingleton<SourceService>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<SourceService>());
+        if (options.Otlp is { } otlp)
+        {
+            builder.Services.AddSingleton(sp => new OtlpService(otlp, () => sp.GetRequiredService<SourceService>().Context,
+                sp.GetRequiredService<ILogger<OtlpService>>()));
+            builder.Services.AddHostedService(sp => sp.GetRequiredService<OtlpService>());
+        }
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(5));
 
         WebApplication app = builder.Build();
         SourceService source = app.Services.GetRequiredService<SourceService>();
+        var auth = new BasicAuth(options.Web?.Users ?? new Dictionary<string, string>());
         app.MapGet("/metrics", async (HttpContext http) =>
         {
+            if (auth.Enabled && !auth.Allows(http.Request))
+            {
+                http.Response.StatusCode = StatusCodes.Status401Unauthorized;
+                http.Response.Headers.WWWAuthenticate = "Basic realm=\"kvmobserve\"";
+                return;
+            }
             ExpositionContext? context = source.Context;
             if (context is null)
             {
                 http.Response.StatusCode = StatusCodes.Status503ServiceUnavailable;
                 return;
             }
-            http.Response.ContentType = PrometheusTextWriter.ContentType;
-            MetricsRenderer.Render(http.Response.BodyWriter, context);
+            bool openMetrics = WantsOpenMetrics(http.Request.Headers.Accept);
+            http.Response.ContentType = openMetrics ? PrometheusTextWriter.OpenMetricsContentType : PrometheusTextWriter.ContentType;
+            MetricsRenderer.Render(http.Response.BodyWriter, context, openMetrics);
             await http.Response.BodyWriter.FlushAsync(http.RequestAborted);
         });
         app.MapGet("/healthz", (HttpContext http) => source.Context is null ? Results.StatusCode(503) : Results.Text("ok\n"));
@@ -157,9 +170,33 @@ internal static class RunCommand
             return 1;
         }
         Log.Listening(app.Services.GetRequiredService<ILogger<SourceService>>(),
-            options.Listen.ToString());
+            (options.Web?.Certificate is null ? "http://" : "https://") + options.Listen, auth.Enabled ? "basic auth" : "no auth");
         await app.WaitForShutdownAsync(cancellationToken);
         await app.DisposeAsync();
         return 0;
+    }
+
+    /// <summary>OpenMetrics when the Accept header asks for application/openmetrics-text at a higher (or equal, listed
+    /// first) quality than text/plain, as Prometheus does; the 0.0.4 text otherwise.</summary>
+    public static bool WantsOpenMetrics(string? accept)
+    {
+        if (string.IsNullOrEmpty(accept))
+            return false;
+        double open = -1, plain = -1;
+        foreach (string part in accept.Split(','))
+        {
+            string[] fields = part.Split(';', StringSplitOptions.TrimEntries);
+            double q = 1;
+            foreach (string f in fields.Skip(1))
+            {
+                if (f.StartsWith("q=", StringComparison.Ordinal) && double.TryParse(f.AsSpan(2), System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double v))
+                    q = v;
+            }
+            if (fields[0].Equals("application/openmetrics-text", StringComparison.OrdinalIgnoreCase) && open < 0)
+                open = q;
+            else if ((fields[0].Equals("text/plain", StringComparison.OrdinalIgnoreCase) || fields[0] == "*/*") && plain < 0)
+                plain = q;
+        }
+        return open > 0 && open >= plain;
     }
 }

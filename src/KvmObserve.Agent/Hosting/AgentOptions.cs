@@ -1,6 +1,6 @@
-using KvmObserve.Sources;
 using System.Globalization;
 using System.Net;
+using KvmObserve.Sources;
 
 namespace KvmObserve.Agent.Hosting;
 
@@ -12,11 +12,8 @@ public static class AgentOptionsDefaults
     public const string Listen = "127.0.0.1:9632";
     public const string Source = "auto";
     public const string Metrics = "all";
-    public const int SeriesLimit = 10_000;
-    public const int TopK = 16;
     public const string VmGrace = "2m";
     public const int PollTimeoutMs = 100;
-    public const int DiscoveryIntervalMs = 2_000;
 }
 
 /// <summary>The validated settings of `run`.</summary>
@@ -24,14 +21,16 @@ public sealed class AgentOptions
 {
     public IPEndPoint Listen { get; init; } = IPEndPoint.Parse(AgentOptionsDefaults.Listen);
     public string Source { get; init; } = AgentOptionsDefaults.Source;
-    public int SeriesLimit { get; init; } = AgentOptionsDefaults.SeriesLimit;
+    public int SeriesLimit { get; init; } = 10_000;
     public int BufferSizeKb { get; init; }
     public int PollTimeoutMs { get; init; } = AgentOptionsDefaults.PollTimeoutMs;
-    public int DiscoveryIntervalMs { get; init; } = AgentOptionsDefaults.DiscoveryIntervalMs;
+    public int DiscoveryIntervalMs { get; init; } = 2_000;
     public int? WakeupPercent { get; init; }
-    public IReadOnlyList<string> Metrics { get; init; } = KvmObserve.Sources.MetricSelection.All;
-    public int TopK { get; init; } = AgentOptionsDefaults.TopK;
-    public TimeSpan VmGrace { get; init; } = ParseDuration("--vm-grace", AgentOptionsDefaults.VmGrace);
+    public IReadOnlyList<string> Metrics { get; init; } = MetricSelection.All;
+    public int TopK { get; init; } = 16;
+    public TimeSpan VmGrace { get; init; } = ParseDuration(AgentOptionsDefaults.VmGrace);
+    public WebConfig? Web { get; init; }
+    public OtlpOptions? Otlp { get; init; }
 
     /// <summary>What bounds the aggregates, from --series-limit, --top-k and --vm-grace.</summary>
     public KvmObserve.Aggregation.AggregatorOptions Aggregation => new()
@@ -41,8 +40,24 @@ public sealed class AgentOptions
         VmGrace = VmGrace,
     };
 
+    /// <summary>Every setting parsed and checked; the first bad one throws its one-line <see cref="OptionException"/>.</summary>
+    public static AgentOptions From(LayeredSettings s, IReadOnlyDictionary<string, string?>? otelEnvironment = null) => new()
+    {
+        Listen = s.Parse(Settings.Listen, ParseListen),
+        Source = s.Parse(Settings.Source, ParseSource),
+        Metrics = s.Parse(Settings.Metrics, ParseMetrics),
+        SeriesLimit = s.Parse(Settings.SeriesLimit, v => LayeredSettings.Int(v, 1, 10_000_000)),
+        TopK = s.Parse(Settings.TopK, v => LayeredSettings.Int(v, 1, 4096)),
+        VmGrace = s.Parse(Settings.VmGrace, ParseDuration),
+        BufferSizeKb = s.Parse(Settings.BufferKb, v => LayeredSettings.Int(v, 0, 4 * 1024 * 1024)),
+        WakeupPercent = s.Parse(Settings.WakeupPercent, v => v.Trim().Length == 0 ? (int?)null : LayeredSettings.Int(v, 0, 100)),
+        DiscoveryIntervalMs = s.Parse(Settings.DiscoveryInterval, v => LayeredSettings.Int(v, 50, 3_600_000)),
+        Web = s.Parse(Settings.WebConfig, v => v.Trim().Length == 0 ? null : WebConfig.Load(v.Trim())),
+        Otlp = OtlpOptions.From(s, otelEnvironment ?? OtlpOptions.ProcessEnvironment()),
+    };
+
     /// <summary>A duration as Prometheus writes them: 500ms, 30s, 2m, 1h (a bare number is seconds).</summary>
-    public static TimeSpan ParseDuration(string option, string value)
+    public static TimeSpan ParseDuration(string value)
     {
         string v = value.Trim();
         (string digits, double unit) = v.EndsWith("ms", StringComparison.Ordinal) ? (v[..^2], 0.001)
@@ -51,47 +66,40 @@ public sealed class AgentOptions
             : v.EndsWith('h') ? (v[..^1], 3600)
             : (v, 1);
         if (!double.TryParse(digits, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out double n) || n < 0)
-            throw new OptionException($"{option}: '{value}' is not a duration (e.g. 500ms, 30s, 2m, 1h)");
+            throw new OptionException($"'{value}' is not a duration (e.g. 500ms, 30s, 2m, 1h)");
         return TimeSpan.FromSeconds(n * unit);
     }
 
-    /// <summary>Parses HOST:PORT ([v6]:PORT for IPv6); the error names the setting and what it takes.</summary>
+    /// <summary>Parses HOST:PORT ([v6]:PORT for IPv6).</summary>
     public static IPEndPoint ParseListen(string value)
     {
         int colon = value.LastIndexOf(':');
         if (colon <= 0 || !int.TryParse(value.AsSpan(colon + 1), NumberStyles.None, CultureInfo.InvariantCulture, out int port)
             || port is < 1 or > 65535)
-            throw new OptionException($"--listen: '{value}' is not HOST:PORT (e.g. {AgentOptionsDefaults.Listen})");
+            throw new OptionException($"'{value}' is not HOST:PORT (e.g. {AgentOptionsDefaults.Listen})");
         string host = value[..colon].Trim('[', ']');
         if (host == "localhost")
             return new IPEndPoint(IPAddress.Loopback, port);
         if (!IPAddress.TryParse(host, out IPAddress? address))
-            throw new OptionException($"--listen: '{host}' is not an IP address (e.g. 127.0.0.1, 0.0.0.0, [::1])");
+            throw new OptionException($"'{host}' is not an IP address (e.g. 127.0.0.1, 0.0.0.0, [::1])");
         return new IPEndPoint(address, port);
     }
 
     public static string ParseSource(string value) => SourceSelection.Sources.Contains(value)
         ? value
-        : throw new OptionException($"--source: '{value}' is not one of {string.Join(", ", SourceSelection.Sources)}");
+        : throw new OptionException($"'{value}' is not one of {string.Join(", ", SourceSelection.Sources)}");
 
     public static IReadOnlyList<string> ParseMetrics(string value)
     {
         try
         {
-            return KvmObserve.Sources.MetricSelection.Parse(value);
+            return MetricSelection.Parse(value);
         }
         catch (FormatException e)
         {
             throw new OptionException(e.Message);
         }
     }
-
-    public static int InRange(string option, int value, int min, int max) => value >= min && value <= max
-        ? value
-        : throw new OptionException($"{option}: {value} is outside {min}..{max}");
-
-    public static int Positive(string option, int value) =>
-        value > 0 ? value : throw new OptionException($"{option}: {value} must be a positive number");
 }
 
 /// <summary>A bad setting: stops startup with this one line and exit code 2.</summary>

@@ -20,8 +20,8 @@ internal static partial class Log
     [LoggerMessage(5, LogLevel.Error, "Reader of cpu{Cpu} failed: {Message}")]
     public static partial void ReaderFailed(ILogger logger, int cpu, string message);
 
-    [LoggerMessage(6, LogLevel.Information, "Serving /metrics on http://{Endpoint}/metrics")]
-    public static partial void Listening(ILogger logger, string endpoint);
+    [LoggerMessage(6, LogLevel.Information, "Serving /metrics on {Endpoint}/metrics ({Auth})")]
+    public static partial void Listening(ILogger logger, string endpoint, string auth);
 
     [LoggerMessage(7, LogLevel.Warning, "Exit reason names come from the built-in table: this kernel's kvm_exit format has none")]
     public static partial void BuiltInExitReasons(ILogger logger);
@@ -34,4 +34,13 @@ internal static partial class Log
 
     [LoggerMessage(10, LogLevel.Information, "VM {Vm} gone for longer than --vm-grace: its series are removed")]
     public static partial void VmExpired(ILogger logger, string vm);
+
+    [LoggerMessage(11, LogLevel.Information, "Exporting OTLP metrics: {Target}")]
+    public static partial void OtlpExporting(ILogger logger, string target);
+
+    [LoggerMessage(12, LogLevel.Warning, "OTLP export to {Endpoint} failing; retrying with backoff, /metrics unaffected (one line per outage)")]
+    public static partial void OtlpFailing(ILogger logger, string endpoint);
+
+    [LoggerMessage(13, LogLevel.Information, "OTLP export to {Endpoint} works again after {Failed} failed exports over {Seconds:F0}s")]
+    public static partial void OtlpResumed(ILogger logger, string endpoint, long failed, double seconds);
 }

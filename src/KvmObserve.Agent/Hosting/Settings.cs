@@ -1,0 +1,151 @@
+using System.Globalization;
+using Microsoft.Extensions.Configuration;
+
+namespace KvmObserve.Agent.Hosting;
+
+/// <summary>
+/// One setting of `run`: its key in the JSON file (nested keys joined by ':'), the environment variable and the flag
+/// that also set it, and what it takes. Precedence: built-in default &lt; file &lt; environment &lt; flag.
+/// </summary>
+public sealed record Setting(string Key, string Flag, string Default, string Meaning)
+{
+    /// <summary>KVMOBSERVE__ and the key in capitals, with '__' for ':'.</summary>
+    public string Environment => "KVMOBSERVE__" + Key.Replace(":", "__", StringComparison.Ordinal).ToUpperInvariant();
+}
+
+/// <summary>Every setting of `run` (README's options table is this list).</summary>
+public static class Settings
+{
+    public static readonly Setting Listen = new("Listen", "--listen", AgentOptionsDefaults.Listen,
+        "HOST:PORT for /metrics. 9632 was marked free on Prometheus's default port allocations list (exporters, 9100-9999)");
+    public static readonly Setting Source = new("Source", "--source", AgentOptionsDefaults.Source,
+        "Where events come from: auto, tracefs, perf, perf-count");
+    public static readonly Setting Metrics = new("Metrics", "--metrics", AgentOptionsDefaults.Metrics,
+        "Metric groups to collect: all, or a comma-separated list of " + string.Join(", ", KvmObserve.Sources.MetricSelection.All));
+    public static readonly Setting SeriesLimit = new("SeriesLimit", "--series-limit", "10000",
+        "Label sets per metric family; past it, new ones count into the family's overflow series");
+    public static readonly Setting TopK = new("TopK", "--top-k", "16",
+        "Ports, MMIO pages, MSRs, CPUID leaves and vectors per VM with their own series (by rate); the rest is \"other\"");
+    public static readonly Setting VmGrace = new("VmGrace", "--vm-grace", AgentOptionsDefaults.VmGrace,
+        "How long an exited VM's series stay (a VM restarted under its name within it continues them)");
+    public static readonly Setting BufferKb = new("BufferKb", "--buffer-kb", "0",
+        "Per-CPU ring size in KiB of the tracefs instance or perf ring (0: 4096)");
+    public static readonly Setting WakeupPercent = new("WakeupPercent", "--wakeup-percent", "",
+        "How full a ring gets before its reader wakes (tracefs buffer_percent, perf watermark); empty: 25");
+    public static readonly Setting DiscoveryInterval = new("DiscoveryIntervalMs", "--discovery-interval-ms", "2000",
+        "How often procfs is rescanned for VMs and their threads (ms)");
+    public static readonly Setting WebConfig = new("WebConfig", "--web-config", "",
+        "A web config file (Prometheus exporter-toolkit format): TLS certificate and key, basic-auth users with bcrypt hashes");
+    public static readonly Setting OtlpEndpoint = new("Otlp:Endpoint", "--otlp-endpoint", "",
+        "OTLP receiver (e.g. http://127.0.0.1:4317); empty: OTEL_EXPORTER_OTLP_METRICS_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT, else no OTLP export");
+    public static readonly Setting OtlpProtocol = new("Otlp:Protocol", "--otlp-protocol", "",
+        "grpc or http/protobuf; empty: OTEL_EXPORTER_OTLP_PROTOCOL, else grpc");
+    public static readonly Setting OtlpHeaders = new("Otlp:Headers", "--otlp-headers", "",
+        "Headers sent with each export, k1=v1,k2=v2; empty: OTEL_EXPORTER_OTLP_HEADERS");
+    public static readonly Setting OtlpInterval = new("Otlp:Interval", "--otlp-interval", "",
+        "Time between exports (duration); empty: OTEL_METRIC_EXPORT_INTERVAL (ms), else 60s");
+    public static readonly Setting OtlpTimeout = new("Otlp:Timeout", "--otlp-timeout", "",
+        "Time one export may take (duration); empty: OTEL_EXPORTER_OTLP_TIMEOUT (ms), else 10s");
+
+    public static readonly IReadOnlyList<Setting> All =
+    [
+        Listen, Source, Metrics, SeriesLimit, TopK, VmGrace, BufferKb, WakeupPercent, DiscoveryInterval, WebConfig,
+        OtlpEndpoint, OtlpProtocol, OtlpHeaders, OtlpInterval, OtlpTimeout,
+    ];
+}
+
+/// <summary>
+/// The layered configuration of `run`: the JSON file (--config), KVMOBSERVE__ environment variables, then flags given
+/// on the command line. Knows where each value came from, so an error can say which layer to fix.
+/// </summary>
+public sealed class LayeredSettings
+{
+    private readonly List<(string Origin, IReadOnlyDictionary<string, string> Values)> _layers = [];
+
+    /// <summary>Reads the layers; an unreadable file or an unknown key is a bad setting (OptionException).</summary>
+    public static LayeredSettings Load(string? configFile, IReadOnlyDictionary<string, string> flags,
+        IEnumerable<KeyValuePair<string, string?>>? environment = null)
+    {
+        var layered = new LayeredSettings();
+        if (!string.IsNullOrEmpty(configFile))
+            layered._layers.Add((configFile, ReadFile(configFile)));
+        var env = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
+        foreach ((string name, string? value) in environment ?? EnvironmentVariables())
+        {
+            if (!name.StartsWith("KVMOBSERVE__", StringComparison.OrdinalIgnoreCase) || value is null)
+                continue;
+            Setting setting = Settings.All.FirstOrDefault(s => s.Environment.Equals(name, StringComparison.OrdinalIgnoreCase))
+                ?? throw new OptionException($"{name}: not a setting (known: {string.Join(", ", Settings.All.Select(s => s.Environment))})");
+            env[setting.Key] = value;
+        }
+        layered._layers.Add(("environment", env));
+        layered._layers.Add(("flag", flags));
+        return layered;
+    }
+
+    private static IEnumerable<KeyValuePair<string, string?>> EnvironmentVariables() =>
+        System.Environment.GetEnvironmentVariables().Cast<System.Collections.DictionaryEntry>()
+            .Select(e => new KeyValuePair<string, string?>((string)e.Key, e.Value as string));
+
+    private static Dictionary<string, string> ReadFile(string path)
+    {
+        IConfigurationRoot root;
+        try
+        {
+            root = new ConfigurationBuilder().AddJsonFile(Path.GetFullPath(path), optional: false).Build();
+        }
+        catch (Exception e) when (e is FileNotFoundException or IOException or UnauthorizedAccessException or FormatException or InvalidDataException)
+        {
+            string why = e is FileNotFoundException ? "no such file" : (e.InnerException ?? e).Message.Split('\n')[0].Trim();
+            throw new OptionException($"--config: cannot read '{path}': {why}");
+        }
+        var values = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
+        foreach ((string key, string? value) in root.AsEnumerable())
+        {
+            if (value is null)
+                continue; // a section ("Otlp")
+            Setting setting = Settings.All.FirstOrDefault(s => s.Key.Equals(key, StringComparison.OrdinalIgnoreCase))
+                ?? throw new OptionException($"--config: '{key}' in {path} is not a setting (known: {string.Join(", ", Settings.All.Select(s => s.Key))})");
+            values[setting.Key] = value;
+        }
+        return values;
+    }
+
+    /// <summary>The effective value and the layer it came from ("default" when none set it).</summary>
+    public (string Value, string Origin) Get(Setting setting)
+    {
+        for (int i = _layers.Count - 1; i >= 0; i--)
+        {
+            if (_layers[i].Values.TryGetValue(setting.Key, out string? v))
+                return (v, _layers[i].Origin);
+        }
+        return (setting.Default, "default");
+    }
+
+    /// <summary>The value, or throws the one-line error for it: "--flag (from ORIGIN): 'value' problem".</summary>
+    public T Parse<T>(Setting setting, Func<string, T> parse)
+    {
+        (string value, string origin) = Get(setting);
+        try
+        {
+            return parse(value);
+        }
+        catch (OptionException e)
+        {
+            string where = origin switch
+            {
+                "flag" or "default" => "",
+                "environment" => $" (from {setting.Environment})",
+                _ => $" (from {setting.Key} in {origin})",
+            };
+            throw new OptionException($"{setting.Flag}{where}: {e.Message}");
+        }
+    }
+
+    public static int Int(string value, int min, int max)
+    {
+        if (!int.TryParse(value.Trim(), NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out int n))
+            throw new OptionException($"'{value}' is not a whole number ({min}..{max})");
+        return n >= min && n <= max ? n : throw new OptionException($"{n} is outside {min}..{max}");
+    }
+}
