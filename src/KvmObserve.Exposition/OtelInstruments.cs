@@ -17,7 +17,8 @@ public sealed class OtelInstruments : IDisposable
     private readonly Meter _meter;
     private readonly object _gate = new();
     private Dictionary<string, List<Sample>> _samples = [];
-    private long _renderedAt = long.MinValue;
+    private long _renderedAt;
+    private bool _rendered;
     private readonly long _freshTicks;
 
     public OtelInstruments(Func<ExpositionContext?> context, string version, TimeSpan fresh)
@@ -69,12 +70,13 @@ public sealed class OtelInstruments : IDisposable
         lock (_gate)
         {
             long now = System.Diagnostics.Stopwatch.GetTimestamp();
-            if (now - _renderedAt > _freshTicks && _context() is { } context)
+            if ((!_rendered || now - _renderedAt > _freshTicks) && _context() is { } context)
             {
                 var collector = new SampleCollector();
                 MetricsRenderer.Render(collector, context);
                 _samples = collector.Samples;
                 _renderedAt = now;
+                _rendered = true;
             }
             return _samples.GetValueOrDefault(sampleName) ?? [];
         }
