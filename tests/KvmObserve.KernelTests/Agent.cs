@@ -8,18 +8,20 @@ using System.Text.RegularExpressions;
 
 namespace KvmObserve.KernelTests;
 
-using KvmObserve.Testing;
 
 /// <summary>The real agent as a child process (`kvmobserve run`), on a free loopback port.</summary>
 public sealed partial class Agent : IDisposable
 {
     private static readonly string Dll = Path.Combine(AppContext.BaseDirectory, "kvmobserve.dll");
     private readonly Process _process;
-    private readonly HttpClient _http = new() { Timeout = TimeSpan.FromSeconds(10) };
+    private readonly HttpClient _http;
+    private readonly string _scheme;
 
-    private Agent(int port, params string[] extra)
+    private Agent(int port, HttpMessageHandler? handler, string scheme, params string[] extra)
     {
         Port = port;
+        _scheme = scheme;
+        _http = new HttpClient(handler ?? new HttpClientHandler()) { Timeout = TimeSpan.FromSeconds(10) };
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
         psi.ArgumentList.Add(Dll);
         psi.ArgumentList.Add("run");
@@ -38,9 +40,12 @@ public sealed partial class Agent : IDisposable
     public int Pid => _process.Id;
     public List<string> Log { get; } = new();
 
-    public static Agent Start(params string[] extra)
+    public static Agent Start(params string[] extra) => Start(null, "http", extra);
+
+    /// <summary>An agent reached through <paramref name="handler"/> (TLS settings) at <paramref name="scheme"/>.</summary>
+    public static Agent Start(HttpMessageHandler? handler, string scheme, params string[] extra)
     {
-        var agent = new Agent(FreePort(), extra);
+        var agent = new Agent(FreePort(), handler, scheme, extra);
         var deadline = DateTime.UtcNow.AddSeconds(30);
         while (DateTime.UtcNow < deadline)
         {
@@ -48,7 +53,7 @@ public sealed partial class Agent : IDisposable
                 throw new InvalidOperationException($"agent exited with {agent._process.ExitCode}: {string.Join('\n', agent.Log)}");
             try
             {
-                if (agent._http.GetAsync($"http://127.0.0.1:{agent.Port}/healthz").Result.IsSuccessStatusCode)
+                if (agent._http.GetAsync($"{scheme}://127.0.0.1:{agent.Port}/healthz").Result.IsSuccessStatusCode)
                     return agent;
             }
             catch (AggregateException) { }
@@ -58,7 +63,11 @@ public sealed partial class Agent : IDisposable
         throw new TimeoutException("agent did not become healthy");
     }
 
-    public string ScrapeText() => _http.GetStringAsync($"http://127.0.0.1:{Port}/metrics").Result;
+    public string Url => $"{_scheme}://127.0.0.1:{Port}";
+
+    public HttpClient Http => _http;
+
+    public string ScrapeText() => _http.GetStringAsync($"{Url}/metrics").Result;
 
     public Metrics Scrape() => Metrics.Parse(ScrapeText());
 
@@ -106,7 +115,7 @@ public sealed partial class Agent : IDisposable
         _http.Dispose();
     }
 
-    private static int FreePort()
+    public static int FreePort()
     {
         using var l = new TcpListener(IPAddress.Loopback, 0);
         l.Start();
