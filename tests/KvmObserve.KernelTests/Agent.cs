@@ -85,13 +85,11 @@ public sealed partial class Agent : IDisposable
         return Scrape();
     }
 
-    [LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
-    private static partial int Kill(int pid, int signal);
 
     /// <summary>SIGTERM and wait; returns the exit code.</summary>
     public int Stop()
     {
-        Kill(_process.Id, 15);
+        Syscall.Kill(_process.Id, 15);
         if (!_process.WaitForExit(10_000))
             throw new TimeoutException("agent did not stop within 10 s of SIGTERM");
         return _process.ExitCode;
@@ -99,7 +97,7 @@ public sealed partial class Agent : IDisposable
 
     public void KillHard()
     {
-        Kill(_process.Id, 9);
+        Syscall.Kill(_process.Id, 9);
         _process.WaitForExit();
     }
 
@@ -107,7 +105,7 @@ public sealed partial class Agent : IDisposable
     {
         if (!_process.HasExited)
         {
-            Kill(_process.Id, 15);
+            Syscall.Kill(_process.Id, 15);
             if (!_process.WaitForExit(10_000))
                 _process.Kill();
         }
@@ -141,4 +139,10 @@ public sealed partial class Agent : IDisposable
         Assert.True(p.ExitCode == 0, $"load failed ({p.ExitCode}): {stderr.Result}");
         return JsonDocument.Parse(stdout.Result).RootElement.Clone();
     }
+}
+
+internal static partial class Syscall
+{
+    [LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
+    public static partial int Kill(int pid, int signal);
 }
