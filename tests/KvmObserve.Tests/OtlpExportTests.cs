@@ -18,6 +18,7 @@ namespace KvmObserve.Tests;
 /// loopback, over gRPC and http/protobuf: the decoded request carries the resource and, for every sample /metrics
 /// shows at the same moment, a data point with the same value and labels.
 /// </summary>
+[Collection("otlp")] // one MeterProvider at a time: each listens to every meter named KvmObserve in the process
 public sealed class OtlpExportTests : IDisposable
 {
     private const int Vm = 700, Vcpu0 = 701, Vcpu1 = 702;

@@ -15,6 +15,7 @@ namespace KvmObserve.Tests;
 /// The OTLP receiver absent for a while, then back: exports fail without memory growing, /metrics keeps rendering,
 /// one warning says the outage began and one line says it ended, and exports resume.
 /// </summary>
+[Collection("otlp")] // one MeterProvider at a time: each listens to every meter named KvmObserve in the process
 public sealed class OtlpOutageTests(ITestOutputHelper output)
 {
     private sealed class Lines : ILogger<OtlpService>
