@@ -187,6 +187,18 @@ public sealed class DeployTests
         Assert.Equal(before, KernelState.GlobalEnabledEvents());
     }
 
+    /// <summary>Without CAP_DAC_OVERRIDE tracefs cannot be read: the agent says so, rather than that it is not mounted.</summary>
+    [KernelFact(Kvm = false)]
+    public void Without_dac_override_the_agent_says_tracefs_cannot_be_read()
+    {
+        (int code, string output) = Run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all,+perfmon",
+            "--ambient-caps=-all,+perfmon", "--bounding-set=-all,+perfmon", "--", "/usr/bin/env", "dotnet",
+            Path.Combine(AppContext.BaseDirectory, "kvmobserve.dll"), "run", "--listen", $"127.0.0.1:{Agent.FreePort()}", "--source", "perf"],
+            new Dictionary<string, string> { ["HOME"] = "/tmp", ["DOTNET_CLI_HOME"] = "/tmp" });
+        Assert.NotEqual(0, code);
+        Assert.Contains("tracefs at /sys/kernel/tracing cannot be read by this user (needs root or CAP_DAC_OVERRIDE)", output.Split('\n')[0]);
+    }
+
     /// <summary>The names of the capabilities in a process's effective set.</summary>
     private static IEnumerable<string> EffectiveCaps(int pid)
     {

@@ -13,11 +13,16 @@ public static class TracefsLocator
         string mounts = File.Exists("/proc/mounts") ? File.ReadAllText("/proc/mounts") : "";
         foreach (string candidate in Candidates)
         {
-            if (IsMounted(mounts, candidate) && File.Exists(Path.Combine(candidate, "events", "header_page")))
+            if (!IsMounted(mounts, candidate))
+                continue;
+            if (File.Exists(Path.Combine(candidate, "events", "header_page")))
             {
                 problem = null;
                 return candidate;
             }
+            // Mounted, but its root-only files cannot be seen: a permission, not a missing mount.
+            problem = $"tracefs at {candidate} cannot be read by this user (needs root or CAP_DAC_OVERRIDE)";
+            return null;
         }
         if (!mountIfNeeded)
         {
