@@ -301,25 +301,11 @@ public readonly struct AggregatingSink(Shard shard) : IKvmEventSink
     }
 
     /// <summary>Counts (and empties) a thread's held halts, which all started with window <paramref name="pollNs"/>.
-    /// Under the thread's slot lock: rare, once per thread at most, and bounded (a few dozen buckets).</summary>
+    /// Under the thread's slot lock: rare (once per thread at most) and bounded (a few dozen buckets).</summary>
     private void CountHeld(int tid, int vcpu, HeldHalts held, long pollNs)
     {
-        SeriesTable series = Shard.Series;
-        foreach (bool waited in (ReadOnlySpan<bool>)[false, true])
-        {
-            long n = held.Count(waited);
-            if (n == 0)
-                continue;
-            uint outcome = (uint)HeldHalts.Outcome(waited, pollNs);
-            series.Counter(new SeriesKey(tid, vcpu, MetricFamily.HaltWakeups, outcome, 0)) += n;
-            ReadOnlySpan<long> buckets = held.Buckets(waited);
-            for (int b = 0; b < buckets.Length; b++)
-            {
-                if (buckets[b] != 0)
-                    series.Counter(new SeriesKey(tid, NoVcpu, MetricFamily.HaltDuration, outcome, LatencyBuckets.Label2(0, b))) += buckets[b];
-            }
-            series.Counter(new SeriesKey(tid, NoVcpu, MetricFamily.HaltDuration, outcome, LatencyBuckets.Label2(0, LatencyBuckets.SumSlot))) += held.SumNs(waited);
-        }
+        foreach ((MetricFamily family, uint outcome, ulong label2, long value) in held.Counts(pollNs))
+            Shard.Series.Counter(new SeriesKey(tid, family == MetricFamily.HaltWakeups ? vcpu : NoVcpu, family, outcome, label2)) += value;
         held.Clear();
     }
 

@@ -157,21 +157,8 @@ public sealed class Aggregator
         ThreadIdentity who = Registry.TryResolve(released.Tid, now, wait: false)!;
         int vcpu = released.Vcpu >= 0 ? released.Vcpu : who.Vcpu;
         string vm = who.Vm.Name;
-        foreach (bool waited in (ReadOnlySpan<bool>)[false, true])
-        {
-            long n = released.Halts.Count(waited);
-            if (n == 0)
-                continue;
-            uint outcome = (uint)HeldHalts.Outcome(waited, released.PollNs);
-            _store.Add(vm, vcpu, MetricFamily.HaltWakeups, outcome, 0, n);
-            ReadOnlySpan<long> buckets = released.Halts.Buckets(waited);
-            for (int b = 0; b < buckets.Length; b++)
-            {
-                if (buckets[b] != 0)
-                    _store.Add(vm, -1, MetricFamily.HaltDuration, outcome, LatencyBuckets.Label2(0, b), buckets[b]);
-            }
-            _store.Add(vm, -1, MetricFamily.HaltDuration, outcome, LatencyBuckets.Label2(0, LatencyBuckets.SumSlot), released.Halts.SumNs(waited));
-        }
+        foreach ((MetricFamily family, uint outcome, ulong label2, long value) in released.Halts.Counts(released.PollNs))
+            _store.Add(vm, family == MetricFamily.HaltWakeups ? vcpu : -1, family, outcome, label2, value);
     }
 
     /// <summary>

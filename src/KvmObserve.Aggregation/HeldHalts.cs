@@ -32,8 +32,26 @@ public sealed class HeldHalts
 
     public long SumNs(bool waited) => _sumNs[waited ? 1 : 0];
 
-    /// <summary>Halts per latency bucket (index as <see cref="LatencyBuckets.Index"/>).</summary>
-    public ReadOnlySpan<long> Buckets(bool waited) => _buckets.AsSpan(waited ? LatencyBuckets.Count : 0, LatencyBuckets.Count);
+    /// <summary>What counting these halts adds, for a window of <paramref name="pollNs"/>: per outcome, the wakeups
+    /// (label2 0 of kvm_halt_wakeups), each non-empty latency bucket, and the ns sum (of kvm_halt_seconds).</summary>
+    public IEnumerable<(MetricFamily Family, uint Outcome, ulong Label2, long Value)> Counts(long pollNs)
+    {
+        foreach (bool waited in new[] { false, true })
+        {
+            long n = Count(waited);
+            if (n == 0)
+                continue;
+            uint outcome = (uint)Outcome(waited, pollNs);
+            yield return (MetricFamily.HaltWakeups, outcome, 0, n);
+            for (int b = 0; b < LatencyBuckets.Count; b++)
+            {
+                long inBucket = _buckets[(waited ? LatencyBuckets.Count : 0) + b];
+                if (inBucket != 0)
+                    yield return (MetricFamily.HaltDuration, outcome, LatencyBuckets.Label2(0, b), inBucket);
+            }
+            yield return (MetricFamily.HaltDuration, outcome, LatencyBuckets.Label2(0, LatencyBuckets.SumSlot), SumNs(waited));
+        }
+    }
 
     /// <summary>A copy to classify outside the owner's lock; this one is emptied.</summary>
     public HeldHalts Take()

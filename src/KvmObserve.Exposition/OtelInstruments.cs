@@ -44,14 +44,14 @@ public sealed class OtelInstruments : IDisposable
             case "counter":
                 _meter.CreateObservableCounter(otel, () => Longs(family), unit, help);
                 break;
-            case "gauge" when seconds || family == "kvmobserve_scrape_duration_seconds":
+            case "gauge" when seconds:
                 _meter.CreateObservableGauge(otel, () => Doubles(family), unit, help);
                 break;
             case "gauge":
                 _meter.CreateObservableGauge(otel, () => Longs(family), unit, help);
                 break;
             case "histogram":
-                _meter.CreateObservableCounter(otel + ".count", () => Longs(family + "_count"), "{" + "observation" + "}", help + " (count)");
+                _meter.CreateObservableCounter(otel + ".count", () => Longs(family + "_count"), "{observation}", help + " (count)");
                 _meter.CreateObservableCounter(otel + ".sum", () => Doubles(family + "_sum"), unit, help + " (sum)");
                 break;
         }

@@ -26,44 +26,11 @@ public class DecodeAggregateBenchmark
     public void Setup()
     {
         string Dir(string f) => Path.Combine(AppContext.BaseDirectory, "Fixtures", f);
-        var formats = new Dictionary<string, EventFormat>
-        {
-            ["kvm:kvm_exit"] = EventFormatParser.Parse("kvm", File.ReadAllText(Dir("kvm_exit.format"))),
-            ["kvm:kvm_entry"] = EventFormatParser.Parse("kvm", File.ReadAllText(Dir("kvm_entry.format"))),
-            ["kvm:kvm_userspace_exit"] = EventFormatParser.Parse("kvm", File.ReadAllText(Dir("kvm_userspace_exit.format"))),
-            ["kvm:kvm_pio"] = EventFormatParser.Parse("kvm", File.ReadAllText(Dir("kvm_pio.format"))),
-            ["kvm:kvm_msr"] = EventFormatParser.Parse("kvm", File.ReadAllText(Dir("kvm_msr.format"))),
-        };
+        Dictionary<string, EventFormat> formats = EventMix.Formats(f => EventFormatParser.Parse("kvm", File.ReadAllText(Dir(f))));
         _decoders = new KvmEventDecoders(tp => formats.GetValueOrDefault(tp.FullName));
         _layout = PageHeaderFormat.Parse(File.ReadAllText(Dir("header_page")));
         _shard = new Shard(0, 20_000);
-        var random = new Random(7);
-        uint[] reasons = [1, 12, 30, 31, 32, 48, 49, 52];
-        var pages = new List<byte[]>();
-        ulong ts = 1_000_000;
-        int events = 0;
-        for (int p = 0; p < Pages; p++)
-        {
-            var page = new PageEncoder(_layout, ts);
-            while (page.Free > 200)
-            {
-                int tid = 1000 + random.Next(8);
-                int roll = random.Next(100);
-                byte[] payload = roll switch
-                {
-                    < 45 => PayloadEncoder.Encode(formats["kvm:kvm_exit"], tid, ("exit_reason", reasons[random.Next(reasons.Length)]), ("isa", 1), ("vcpu_id", (ulong)(tid - 1000))),
-                    < 90 => PayloadEncoder.Encode(formats["kvm:kvm_entry"], tid, ("vcpu_id", (ulong)(tid - 1000))),
-                    < 94 => PayloadEncoder.Encode(formats["kvm:kvm_userspace_exit"], tid, ("reason", 2)),
-                    < 97 => PayloadEncoder.Encode(formats["kvm:kvm_pio"], tid, ("rw", 1), ("port", 0x3f8 + (ulong)random.Next(4))),
-                    _ => PayloadEncoder.Encode(formats["kvm:kvm_msr"], tid, ("ecx", 0x10 + (ulong)random.Next(4))),
-                };
-                ts += (ulong)random.Next(50, 500);
-                page.Record(ts, payload);
-                events++;
-            }
-            pages.Add(page.Build());
-        }
-        _pages = pages.ToArray();
+        (_pages, int events) = EventMix.Pages(formats, _layout, Pages);
         EventsPerIteration = events;
         Console.WriteLine($"// {events} events in {Pages} pages ({events / (double)Pages:F1} per page)");
     }

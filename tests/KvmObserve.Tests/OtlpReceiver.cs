@@ -190,32 +190,24 @@ public sealed class OtlpReceiver : IAsyncDisposable
 
     private static IEnumerable<ByteString> Messages(ByteString message, int field) => Messages(message.ToByteArray(), field);
 
-    private static IEnumerable<ByteString> Messages(byte[] message, int field)
+    private static IEnumerable<ByteString> Messages(byte[] message, int field) =>
+        Fields(message, field, WireFormat.WireType.LengthDelimited, input => input.ReadBytes());
+
+    private static IEnumerable<string> Strings(ByteString message, int field) => Messages(message, field).Select(b => b.ToStringUtf8());
+
+    private static IEnumerable<ulong> Varints(ByteString message, int field) =>
+        Fields(message.ToByteArray(), field, WireFormat.WireType.Varint, input => input.ReadUInt64());
+
+    /// <summary>Every value of field <paramref name="field"/> (of the given wire type) in a message; others skipped.</summary>
+    private static List<T> Fields<T>(byte[] message, int field, WireFormat.WireType type, Func<CodedInputStream, T> read)
     {
-        var list = new List<ByteString>();
+        var list = new List<T>();
         var input = new CodedInputStream(message);
         uint tag;
         while ((tag = input.ReadTag()) != 0)
         {
-            if (WireFormat.GetTagFieldNumber(tag) == field && WireFormat.GetTagWireType(tag) == WireFormat.WireType.LengthDelimited)
-                list.Add(input.ReadBytes());
-            else
-                input.SkipLastField();
-        }
-        return list;
-    }
-
-    private static IEnumerable<string> Strings(ByteString message, int field) => Messages(message, field).Select(b => b.ToStringUtf8());
-
-    private static IEnumerable<ulong> Varints(ByteString message, int field)
-    {
-        var list = new List<ulong>();
-        var input = new CodedInputStream(message.ToByteArray());
-        uint tag;
-        while ((tag = input.ReadTag()) != 0)
-        {
-            if (WireFormat.GetTagFieldNumber(tag) == field && WireFormat.GetTagWireType(tag) == WireFormat.WireType.Varint)
-                list.Add(input.ReadUInt64());
+            if (WireFormat.GetTagFieldNumber(tag) == field && WireFormat.GetTagWireType(tag) == type)
+                list.Add(read(input));
             else
                 input.SkipLastField();
         }

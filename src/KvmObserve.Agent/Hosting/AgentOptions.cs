@@ -41,7 +41,7 @@ public sealed class AgentOptions
     };
 
     /// <summary>Every setting parsed and checked; the first bad one throws its one-line <see cref="OptionException"/>.</summary>
-    public static AgentOptions From(LayeredSettings s, IReadOnlyDictionary<string, string?>? otelEnvironment = null) => new()
+    public static AgentOptions From(LayeredSettings s) => new()
     {
         Listen = s.Parse(Settings.Listen, ParseListen),
         Source = s.Parse(Settings.Source, ParseSource),
@@ -53,7 +53,7 @@ public sealed class AgentOptions
         WakeupPercent = s.Parse(Settings.WakeupPercent, v => v.Trim().Length == 0 ? (int?)null : LayeredSettings.Int(v, 0, 100)),
         DiscoveryIntervalMs = s.Parse(Settings.DiscoveryInterval, v => LayeredSettings.Int(v, 50, 3_600_000)),
         Web = s.Parse(Settings.WebConfig, v => v.Trim().Length == 0 ? null : WebConfig.Load(v.Trim())),
-        Otlp = OtlpOptions.From(s, otelEnvironment ?? OtlpOptions.ProcessEnvironment()),
+        Otlp = OtlpOptions.From(s, OtlpOptions.ProcessEnvironment()),
     };
 
     /// <summary>A duration as Prometheus writes them: 500ms, 30s, 2m, 1h (a bare number is seconds).</summary>

@@ -63,14 +63,13 @@ public sealed class LayeredSettings
     private readonly List<(string Origin, IReadOnlyDictionary<string, string> Values)> _layers = [];
 
     /// <summary>Reads the layers; an unreadable file or an unknown key is a bad setting (OptionException).</summary>
-    public static LayeredSettings Load(string? configFile, IReadOnlyDictionary<string, string> flags,
-        IEnumerable<KeyValuePair<string, string?>>? environment = null)
+    public static LayeredSettings Load(string? configFile, IReadOnlyDictionary<string, string> flags)
     {
         var layered = new LayeredSettings();
         if (!string.IsNullOrEmpty(configFile))
             layered._layers.Add((configFile, ReadFile(configFile)));
         var env = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
-        foreach ((string name, string? value) in environment ?? EnvironmentVariables())
+        foreach ((string name, string? value) in EnvironmentVariables())
         {
             if (!name.StartsWith("KVMOBSERVE__", StringComparison.OrdinalIgnoreCase) || value is null)
                 continue;
