@@ -5,5 +5,6 @@ var root = new RootCommand("kvmobserve: KVM observability agent (Prometheus /met
 root.Subcommands.Add(RunCommand.Create());
 root.Subcommands.Add(LoadCommand.Create());
 root.Subcommands.Add(DoctorCommand.Create());
+root.Subcommands.Add(ReplayCommand.Create());
 RunCommand.AddTo(root); // `kvmobserve` alone runs the agent
 return await root.Parse(args).InvokeAsync();

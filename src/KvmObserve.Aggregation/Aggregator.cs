@@ -152,6 +152,16 @@ public sealed class Aggregator
         }
     }
 
+    /// <summary>Folds, then lists the counters of <paramref name="families"/> (a bit per family).</summary>
+    public void Counters(uint families, List<CounterValue> into)
+    {
+        lock (_gate)
+        {
+            FoldLocked(DateTime.UtcNow);
+            _store.Counters(families, into);
+        }
+    }
+
     private void AddHeld(ThreadStates.Released released, DateTime now)
     {
         ThreadIdentity who = Registry.TryResolve(released.Tid, now, wait: false)!;

@@ -37,6 +37,8 @@ public sealed class Shard
     /// <summary>The writer's last thread-state slot: consecutive records of one thread skip the lookup.</summary>
     internal int StateCache = -1;
 
+    /// <summary>The flight recorder's ring for this CPU's raw records; null when recording is off (the default).</summary>
+    public Recording.RecordLog? Log { get; set; }
 
     public long EventsOf(KvmEventKind kind) => Volatile.Read(ref _eventsByKind[(int)kind]);
     public long DecodeErrorsOf(KvmEventKind kind) => Volatile.Read(ref _decodeErrorsByKind[(int)kind]);

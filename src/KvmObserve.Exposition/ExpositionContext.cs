@@ -20,6 +20,9 @@ public sealed class ExpositionContext
     /// <summary>Run and steal time of the VMs' threads (null: not collected).</summary>
     public KvmObserve.Aggregation.Discovery.SchedstatCollector? Schedstat { get; init; }
 
+    /// <summary>The exit-storm detector (null: none runs).</summary>
+    public KvmObserve.Aggregation.Storms.StormDetector? Storms { get; init; }
+
     /// <summary>Events the source counted but could not attribute to a VM, per kind.</summary>
     public Func<KvmEventKind, long> Unattributed { get; init; } = static _ => 0;
 }

@@ -81,6 +81,7 @@ public static class MetricsRenderer
             }
         }
         WriteHaltPollWindows(w, aggregator);
+        WriteStorms(w, context.Storms);
 
         if (context.Schedstat is not null)
             WriteSchedstat(w, context.Schedstat.Collect());
@@ -214,6 +215,19 @@ public static class MetricsRenderer
             w.Begin("kvm_halt_poll_window_seconds").Label("vm", who.Vm.Name)
                 .Label("vcpu", index >= 0 ? index.ToString(CultureInfo.InvariantCulture) : "unknown").Value(pollNs / 1e9);
         }
+    }
+
+    /// <summary>The in-agent storm detector's view, per VM it has seen exits of.</summary>
+    private static void WriteStorms(MetricWriter w, KvmObserve.Aggregation.Storms.StormDetector? storms)
+    {
+        IReadOnlyList<KvmObserve.Aggregation.Storms.VmStorms> vms = storms?.Vms() ?? [];
+        w.Family("kvm_exit_storm_active", "gauge",
+            "1 while the agent's detector sees the VM in an exit storm (exit rate over --storm-floor and --storm-factor times its baseline), else 0.");
+        foreach (KvmObserve.Aggregation.Storms.VmStorms vm in vms)
+            w.Begin("kvm_exit_storm_active").Label("vm", vm.Vm).Value(vm.Active ? 1L : 0L);
+        w.Family("kvmobserve_storms_total", "counter", "Exit storms the agent's detector saw start, per VM.");
+        foreach (KvmObserve.Aggregation.Storms.VmStorms vm in vms)
+            w.Begin("kvmobserve_storms_total").Label("vm", vm.Vm).Value(vm.Storms);
     }
 
     /// <summary>vCPU threads per vCPU; the VMM's other threads (I/O, emulation, main loop) per VM.</summary>

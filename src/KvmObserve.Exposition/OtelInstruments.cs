@@ -151,6 +151,7 @@ public static class OtelNames
         ["kvm_userspace_exit_seconds"] = "kvm.userspace_exit.duration",
         ["kvm_halt_seconds"] = "kvm.halt.duration",
         ["kvm_halt_poll_window_seconds"] = "kvm.halt_poll.window",
+        ["kvm_exit_storm_active"] = "kvm.exit.storm.active",
         ["kvm_vcpu_run_seconds_total"] = "kvm.vcpu.run.time",
         ["kvm_vcpu_steal_seconds_total"] = "kvm.vcpu.steal.time",
         ["kvm_vmm_threads_run_seconds_total"] = "kvm.vmm_threads.run.time",

@@ -11,7 +11,7 @@ public sealed record HostCapabilities(string? TracefsRoot, string? TracefsProble
 /// </summary>
 public static class SourceSelection
 {
-    public static readonly string[] Sources = ["auto", "tracefs", "perf", "perf-count"];
+    public static readonly string[] Sources = ["auto", "tracefs", "perf", "perf-count", "replay"];
 
     /// <summary>The source to run and why; a requested source this host cannot run is an error naming the reason.</summary>
     public static (string Source, string Reason) Choose(string requested, IReadOnlyList<string> metricGroups, HostCapabilities host)

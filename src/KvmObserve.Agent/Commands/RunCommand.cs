@@ -2,6 +2,7 @@ using System.CommandLine;
 using KvmObserve.Agent.Hosting;
 using KvmObserve.Aggregation;
 using KvmObserve.Aggregation.Discovery;
+using KvmObserve.Aggregation.Storms;
 using KvmObserve.Exposition;
 using KvmObserve.Sources;
 using Microsoft.AspNetCore.Builder;
@@ -121,11 +122,15 @@ internal static class RunCommand
                 listen.UseHttps(certificate);
         }));
         builder.Services.AddSingleton(options);
-        builder.Services.AddSingleton(new VmRegistry());
+        // A replay names its VMs from the recording: it must not find (or mark exited) this host's processes.
+        builder.Services.AddSingleton(options.Replay is null ? new VmRegistry()
+            : new VmRegistry(Path.Combine(Path.GetTempPath(), "kvmobserve-replay-has-no-procfs")));
+        builder.Services.AddSingleton(new StormDetector(options.Storms));
         builder.Services.AddSingleton(sp => new SchedstatCollector(sp.GetRequiredService<VmRegistry>()));
         builder.Services.AddSingleton(sp => new Aggregator(CpuTopology.PossibleCpus(), sp.GetRequiredService<VmRegistry>(), options.Aggregation));
         builder.Services.AddSingleton<SourceService>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<SourceService>());
+        builder.Services.AddHostedService<StormService>();
         if (options.Otlp is { } otlp)
         {
             builder.Services.AddSingleton(sp => new OtlpService(otlp, () => sp.GetRequiredService<SourceService>().Context,

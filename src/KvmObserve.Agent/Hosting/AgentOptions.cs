@@ -31,6 +31,10 @@ public sealed class AgentOptions
     public TimeSpan VmGrace { get; init; } = ParseDuration(AgentOptionsDefaults.VmGrace);
     public WebConfig? Web { get; init; }
     public OtlpOptions? Otlp { get; init; }
+    public KvmObserve.Aggregation.Storms.StormOptions Storms { get; init; } = new();
+    public string? FlightRecorderDirectory { get; init; }
+    public TimeSpan FlightRecorderSeconds { get; init; } = TimeSpan.FromSeconds(5);
+    public string? Replay { get; init; }
 
     /// <summary>What bounds the aggregates, from --series-limit, --top-k and --vm-grace.</summary>
     public KvmObserve.Aggregation.AggregatorOptions Aggregation => new()
@@ -41,7 +45,7 @@ public sealed class AgentOptions
     };
 
     /// <summary>Every setting parsed and checked; the first bad one throws its one-line <see cref="OptionException"/>.</summary>
-    public static AgentOptions From(LayeredSettings s) => new()
+    public static AgentOptions From(LayeredSettings s) => new AgentOptions
     {
         Listen = s.Parse(Settings.Listen, ParseListen),
         Source = s.Parse(Settings.Source, ParseSource),
@@ -54,7 +58,30 @@ public sealed class AgentOptions
         DiscoveryIntervalMs = s.Parse(Settings.DiscoveryInterval, v => LayeredSettings.Int(v, 50, 3_600_000)),
         Web = s.Parse(Settings.WebConfig, v => v.Trim().Length == 0 ? null : WebConfig.Load(v.Trim())),
         Otlp = OtlpOptions.From(s, OtlpOptions.ProcessEnvironment()),
-    };
+        Storms = new KvmObserve.Aggregation.Storms.StormOptions
+        {
+            FloorPerSecond = s.Parse(Settings.StormFloor, v => LayeredSettings.Double(v, 0, 1e12)),
+            Factor = s.Parse(Settings.StormFactor, v => LayeredSettings.Double(v, 1, 1e6)),
+        },
+        FlightRecorderDirectory = s.Parse(Settings.FlightRecorder, v => v.Trim().Length == 0 ? null : v.Trim()),
+        FlightRecorderSeconds = s.Parse(Settings.FlightRecorderSeconds, v =>
+            ParseDuration(v) is { TotalSeconds: >= 1 and <= 600 } d ? d : throw new OptionException($"'{v}' is outside 1s..10m")),
+        Replay = s.Parse(Settings.Replay, v => v.Trim().Length == 0 ? null
+            : File.Exists(v.Trim()) ? v.Trim() : throw new OptionException($"'{v}': no such file")),
+    }.Checked(s);
+
+    /// <summary>Settings that only make sense together.</summary>
+    private AgentOptions Checked(LayeredSettings s)
+    {
+        if (Source == "replay" && Replay is null)
+            throw new OptionException("--source replay: needs --replay FILE");
+        if (Replay is not null && Source is not ("replay" or "auto"))
+            s.Parse<object>(Settings.Replay, v => throw new OptionException($"'{v}' cannot be replayed with --source {Source} (use replay or auto)"));
+        return this;
+    }
+
+    /// <summary>The source a replay runs as (auto means replay when --replay is given).</summary>
+    public string EffectiveSource => Replay is not null ? "replay" : Source;
 
     /// <summary>A duration as Prometheus writes them: 500ms, 30s, 2m, 1h (a bare number is seconds).</summary>
     public static TimeSpan ParseDuration(string value)

@@ -43,4 +43,16 @@ internal static partial class Log
 
     [LoggerMessage(13, LogLevel.Information, "OTLP export to {Endpoint} works again after {Failed} failed exports over {Seconds:F0}s")]
     public static partial void OtlpResumed(ILogger logger, string endpoint, long failed, double seconds);
+
+    [LoggerMessage(14, LogLevel.Warning, "Exit storm on VM {Vm}: {Rate:F0} exits/s against a baseline of {Baseline:F0}/s{Vcpus}; top: {Reasons}")]
+    public static partial void StormStarted(ILogger logger, string vm, double rate, double baseline, string vcpus, string reasons);
+
+    [LoggerMessage(15, LogLevel.Information, "Exit storm on VM {Vm} over after {Seconds:F1}s: peak {Peak:F0} exits/s, {Exits} exits")]
+    public static partial void StormEnded(ILogger logger, string vm, double seconds, double peak, long exits);
+
+    [LoggerMessage(16, LogLevel.Information, "Flight recording of the storm on VM {Vm} written: {Path}")]
+    public static partial void RecordingWritten(ILogger logger, string vm, string path);
+
+    [LoggerMessage(17, LogLevel.Information, "Replaying {Path} in a loop: {Records} records of VM {Vm}, recorded on {Host}")]
+    public static partial void ReplayStarted(ILogger logger, string path, long records, string vm, string host);
 }

@@ -47,10 +47,22 @@ public static class Settings
     public static readonly Setting OtlpTimeout = new("Otlp:Timeout", "--otlp-timeout", "",
         "Time one export may take (duration); empty: OTEL_EXPORTER_OTLP_TIMEOUT (ms), else 10s");
 
+    public static readonly Setting StormFloor = new("Storm:Floor", "--storm-floor", "20000",
+        "Exits per second (of a VM, or of one vCPU) below which the storm detector calls nothing a storm");
+    public static readonly Setting StormFactor = new("Storm:Factor", "--storm-factor", "4",
+        "How many times its moving baseline (60 s) a VM's or vCPU's exit rate over the last second must be, for 500 ms, to be a storm");
+    public static readonly Setting FlightRecorder = new("FlightRecorder:Directory", "--flight-recorder", "",
+        "Directory for flight recordings: the raw records of each storm's first seconds (tracefs and perf sources); empty: off");
+    public static readonly Setting FlightRecorderSeconds = new("FlightRecorder:Seconds", "--flight-recorder-seconds", "5",
+        "How much of a storm a recording keeps, counted from a second before the storm was detected");
+    public static readonly Setting Replay = new("Replay", "--replay", "",
+        "A flight recording to replay at its own pace as --source replay (demos, dashboards and rule tests without live VMs)");
+
     public static readonly IReadOnlyList<Setting> All =
     [
         Listen, Source, Metrics, SeriesLimit, TopK, VmGrace, BufferKb, WakeupPercent, DiscoveryInterval, WebConfig,
-        OtlpEndpoint, OtlpProtocol, OtlpHeaders, OtlpInterval, OtlpTimeout,
+        OtlpEndpoint, OtlpProtocol, OtlpHeaders, OtlpInterval, OtlpTimeout, StormFloor, StormFactor, FlightRecorder,
+        FlightRecorderSeconds, Replay,
     ];
 }
 
@@ -139,6 +151,13 @@ public sealed class LayeredSettings
             };
             throw new OptionException($"{setting.Flag}{where}: {e.Message}");
         }
+    }
+
+    public static double Double(string value, double min, double max)
+    {
+        if (!double.TryParse(value.Trim(), NumberStyles.Float, CultureInfo.InvariantCulture, out double n) || !double.IsFinite(n))
+            throw new OptionException($"'{value}' is not a number ({min}..{max})");
+        return n >= min && n <= max ? n : throw new OptionException($"{n} is outside {min}..{max}");
     }
 
     public static int Int(string value, int min, int max)

@@ -5,7 +5,9 @@ using KvmObserve.Native;
 using KvmObserve.Sources;
 using KvmObserve.Sources.Perf;
 using KvmObserve.Sources.PerfCount;
+using KvmObserve.Sources.Recording;
 using KvmObserve.Sources.Tracefs;
+using KvmObserve.Aggregation.Storms;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 
@@ -16,7 +18,7 @@ namespace KvmObserve.Agent.Hosting;
 /// soon as their first series appears (while their VMs still run) and rescans procfs for VMs.
 /// </summary>
 internal sealed class SourceService(AgentOptions options, Aggregator aggregator, SchedstatCollector schedstat,
-    ILogger<SourceService> logger) : IHostedService
+    StormDetector storms, ILogger<SourceService> logger) : IHostedService
 {
     private const int SchedstatIntervalMs = 500;
     private IEventSource? _source;
@@ -53,6 +55,17 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
 
     public Task StartAsync(CancellationToken cancellationToken)
     {
+        if (options.Replay is string recording)
+        {
+            var replay = new ReplaySource(recording, aggregator, schedstat, speed: 1, loop: true);
+            _source = replay;
+            Log.SourcePicked(logger, "replay", options.Source, $"--replay {recording}");
+            _source.Start();
+            Log.ReplayStarted(logger, recording, replay.Header.Records, replay.Header.Vm, replay.Header.Host);
+            Publish("--replay");
+            return Task.CompletedTask;
+        }
+
         HostCapabilities host = Probe(mountIfNeeded: true);
         (string name, string reason) = SourceSelection.Choose(options.Source, options.Metrics, host);
         Log.SourcePicked(logger, name, options.Source, reason);
@@ -70,6 +83,17 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
         _source = Create(name, sourceOptions, aggregator, host.TracefsRoot!);
         if (_source is PerfCountingSource counting)
             counting.Warn = message => Log.SourceWarning(logger, message);
+        if (options.FlightRecorderDirectory is string directory)
+        {
+            if (_source is PerfCountingSource)
+                Log.SourceWarning(logger, $"--flight-recorder: off, because source {name} counts in the kernel and has no records to keep (use --source tracefs or perf)");
+            else
+            {
+                Recorder = new FlightRecorder(aggregator, directory, options.FlightRecorderSeconds, name,
+                    new TracefsFormats(host.TracefsRoot!).Texts(), FlightRecorder.DefaultBytesPerCpu(aggregator.Shards.Count));
+                schedstat.Sampled = Recorder.OnSchedstat;
+            }
+        }
         _source.Start();
         foreach (TracepointState t in _source.Tracepoints)
         {
@@ -80,8 +104,17 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
             Log.BuiltInExitReasons(logger);
         Log.SourceStarted(logger, _source.Name, _source.Tracepoints.Count(t => t.Enabled), _source.Tracepoints.Count,
             CpuTopology.OnlineCpus().Count, host.TracefsRoot!);
+        Publish(reason);
+        return Task.CompletedTask;
+    }
 
-        IEventSource source = _source;
+    /// <summary>The flight recorder, when --flight-recorder is set and the source has records.</summary>
+    public FlightRecorder? Recorder { get; private set; }
+
+    /// <summary>Makes the running source's aggregates readable and starts the housekeeping threads.</summary>
+    private void Publish(string reason)
+    {
+        IEventSource source = _source!;
         Context = new ExpositionContext
         {
             Aggregator = aggregator,
@@ -94,6 +127,7 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
             UserspaceExitReasons = source.Decoders.UserspaceExitReasons,
             Unattributed = source.UnattributedOf,
             Schedstat = schedstat,
+            Storms = storms,
         };
         aggregator.Registry.Scan();
         _housekeeping = new Thread(Housekeeping) { IsBackground = true, Name = "kvmobserve housekeeping" };
@@ -104,7 +138,6 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
         _discovery.Start();
         _naming = new Thread(Naming) { IsBackground = true, Name = "kvmobserve naming" };
         _naming.Start();
-        return Task.CompletedTask;
     }
 
     private Thread? _discovery;
@@ -163,6 +196,7 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
             _source.Stop();
             Log.SourceStopped(logger, _source.Name);
         }
+        Recorder?.Dispose();
         return Task.CompletedTask;
     }
 }

@@ -39,8 +39,19 @@ public sealed class SchedstatCollector(VmRegistry registry, string procRoot = "/
                     continue;
                 lock (_gate)
                     _threads[(vm, tid)] = new Reading(vcpu, run, wait);
+                Sampled?.Invoke(tid, run, wait);
             }
         }
+    }
+
+    /// <summary>Called with each reading (tid, run ns, run_delay ns): the flight recorder keeps them.</summary>
+    public Action<int, ulong, ulong>? Sampled { get; set; }
+
+    /// <summary>A reading that did not come from procfs (a replayed recording's).</summary>
+    public void Record(VmInfo vm, int tid, int vcpu, ulong runNs, ulong waitNs)
+    {
+        lock (_gate)
+            _threads[(vm, tid)] = new Reading(vcpu, runNs, waitNs);
     }
 
     /// <summary>Drops the readings of a VM name whose series have expired.</summary>

@@ -18,6 +18,8 @@ public sealed class VmRegistry
 
     private readonly ulong? _agentStart;
 
+    public string ProcRoot => _procRoot;
+
     public VmRegistry(string procRoot = "/proc")
     {
         _procRoot = procRoot;
@@ -158,7 +160,21 @@ public sealed class VmRegistry
     }
 
     /// <summary>A thread seen before it named itself "CPU N/KVM" is looked at again while its VM runs.</summary>
-    private static bool NeedsVcpu(ThreadIdentity identity) => identity.Vcpu < 0 && identity.Vm.ExitedAt is null && identity.Vm.Pid != 0;
+    private static bool NeedsVcpu(ThreadIdentity identity) =>
+        identity.Vcpu < 0 && identity.Vm.ExitedAt is null && identity.Vm.Pid != 0 && !identity.Vm.Recorded;
+
+    /// <summary>Names a thread of a replayed recording, as the recording says (its VM is registered on first use).</summary>
+    public VmInfo Seed(int tid, int pid, string name, string vmm, string uuid, int vcpu)
+    {
+        lock (_gate)
+        {
+            if (!_vmsByPid.TryGetValue(pid, out VmInfo? vm) || !vm.Recorded)
+                _vmsByPid[pid] = vm = new VmInfo(pid, 0, name, vmm, uuid) { Recorded = true };
+            _threads[tid] = new ThreadIdentity(vm, vcpu);
+            _unresolvedSince.Remove(tid);
+            return vm;
+        }
+    }
 
     public IReadOnlyList<VmInfo> Vms()
     {
@@ -213,7 +229,7 @@ public sealed class VmRegistry
         {
             foreach (VmInfo vm in _vmsByPid.Values)
             {
-                if (!alive.Contains(vm.Pid) && vm.ExitedAt is null && !ProcessAlive(vm))
+                if (!alive.Contains(vm.Pid) && vm.ExitedAt is null && !vm.Recorded && !ProcessAlive(vm))
                     vm.ExitedAt = DateTime.UtcNow;
             }
         }

@@ -10,8 +10,11 @@ internal struct SampleHandler(KvmEventDecoders decoders, Shard shard, LostTally 
 {
     private AggregatingSink _sink = new(shard);
 
-    public void OnSample(ulong time, int tid, int cpu, ReadOnlySpan<byte> raw) =>
+    public void OnSample(ulong time, int tid, int cpu, ReadOnlySpan<byte> raw)
+    {
+        shard.Log?.Append(time, raw);
         decoders.Decode(time, shard.Cpu, raw, ref _sink);
+    }
 
     public void OnLost(ulong count)
     {

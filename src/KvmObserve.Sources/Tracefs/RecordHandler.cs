@@ -9,8 +9,11 @@ public struct RecordHandler(KvmEventDecoders decoders, Shard shard) : IRingBuffe
 {
     private AggregatingSink _sink = new(shard);
 
-    public void OnRecord(ulong timestamp, ReadOnlySpan<byte> payload) =>
+    public void OnRecord(ulong timestamp, ReadOnlySpan<byte> payload)
+    {
+        shard.Log?.Append(timestamp, payload);
         decoders.Decode(timestamp, shard.Cpu, payload, ref _sink);
+    }
 
     public void OnEventsLost(ulong count, bool exact) => shard.CountLost(count, exact);
 

@@ -22,4 +22,18 @@ public sealed class TracefsFormats(string tracefsRoot)
     }
 
     public KvmEventDecoders Decoders() => new(Event);
+
+    /// <summary>The format file text of each catalogued tracepoint this kernel has, by "system:name" (what a flight
+    /// recording carries, so it decodes anywhere).</summary>
+    public Dictionary<string, string> Texts()
+    {
+        var texts = new Dictionary<string, string>();
+        foreach (Tracepoint tp in TracepointCatalog.All)
+        {
+            string path = Path.Combine(Root, "events", tp.System, tp.Name, "format");
+            if (File.Exists(path))
+                texts[tp.FullName] = File.ReadAllText(path);
+        }
+        return texts;
+    }
 }
