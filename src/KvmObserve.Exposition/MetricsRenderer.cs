@@ -86,6 +86,10 @@ public static class MetricsRenderer
         if (context.Schedstat is not null)
             WriteSchedstat(w, context.Schedstat.Collect());
         WriteSelfMetrics(w, context);
+        w.Family("kvmobserve_cpu_seconds_total", "counter", "CPU time the agent's process has used (user and system).");
+        w.Begin("kvmobserve_cpu_seconds_total").Value(Environment.CpuUsage.TotalTime.TotalSeconds);
+        w.Family("kvmobserve_resident_memory_bytes", "gauge", "The agent's resident memory (working set).");
+        w.Begin("kvmobserve_resident_memory_bytes").Value(Environment.WorkingSet);
         w.Family("kvmobserve_scrape_duration_seconds", "gauge", "Time spent rendering this scrape.");
         w.Begin("kvmobserve_scrape_duration_seconds").Value(Stopwatch.GetElapsedTime(started).TotalSeconds);
         w.End();

@@ -12,7 +12,7 @@ namespace KvmObserve.KernelTests;
 /// <summary>The real agent as a child process (`kvmobserve run`), on a free loopback port.</summary>
 public sealed partial class Agent : IDisposable
 {
-    private static readonly string Dll = Path.Combine(AppContext.BaseDirectory, "kvmobserve.dll");
+    internal static readonly string Dll = Path.Combine(AppContext.BaseDirectory, "kvmobserve.dll");
     private readonly Process _process;
     private readonly HttpClient _http;
     private readonly string _scheme;

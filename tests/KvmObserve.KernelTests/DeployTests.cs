@@ -10,7 +10,7 @@ namespace KvmObserve.KernelTests;
 /// </summary>
 public sealed class DeployTests
 {
-    private static readonly string Repo = FindRepo();
+    internal static readonly string Repo = FindRepo();
     private static readonly string[] Documented = ["DAC_OVERRIDE", "PERFMON", "SYS_PTRACE"];
 
     private static string FindRepo()

@@ -116,7 +116,7 @@ public sealed class FlightRecorder : IDisposable
         foreach (RecordedRecord r in records)
         {
             if (r.Payload.Length >= 8)
-                tids.Add(BinaryPrimitives.ReadInt32LittleEndian(r.Payload.AsSpan(4))); // common_pid
+                tids.Add(BinaryPrimitives.ReadInt32LittleEndian(r.Payload.Span[4..])); // common_pid
         }
         lock (_gate)
         {

@@ -48,15 +48,16 @@ public static class FlightRecording
             BinaryPrimitives.WriteUInt16LittleEndian(head[6..], r.Kind);
             BinaryPrimitives.WriteUInt64LittleEndian(head[8..], r.Timestamp);
             output.Write(head);
-            output.Write(r.Payload);
+            output.Write(r.Payload.Span);
             output.Write(pad[..((8 - r.Payload.Length % 8) % 8)]);
         }
     }
 
     /// <summary>Reads a whole recording. A file that is not one, or is cut short, is a FormatException naming the
     /// offset.</summary>
-    public static (RecordingHeader Header, List<RecordedRecord> Records) Read(ReadOnlySpan<byte> file)
+    public static (RecordingHeader Header, List<RecordedRecord> Records) Read(byte[] bytes)
     {
+        ReadOnlySpan<byte> file = bytes;
         if (file.Length < Magic.Length + 4 || !file[..Magic.Length].SequenceEqual(Magic))
             throw new FormatException("not a KvmObserve flight recording (no KVMOFR01 magic at offset 0x0)");
         int headerLength = (int)BinaryPrimitives.ReadUInt32LittleEndian(file[Magic.Length..]);
@@ -88,7 +89,7 @@ public static class FlightRecording
             int padded = (length + 7) & ~7;
             if (length < 0 || at + RecordHeaderSize + padded > file.Length)
                 throw new FormatException($"record of {length} bytes at offset 0x{at:x} runs past the end of the file");
-            records.Add(new RecordedRecord(ts, cpu, kind, file.Slice(at + RecordHeaderSize, length).ToArray()));
+            records.Add(new RecordedRecord(ts, cpu, kind, bytes.AsMemory(at + RecordHeaderSize, length)));
             at += RecordHeaderSize + padded;
         }
         return (header, records);
@@ -110,8 +111,8 @@ public static class FlightRecording
                 BinaryPrimitives.ReadUInt64LittleEndian(payload[16..]));
 }
 
-/// <summary>One record of a recording (see <see cref="FlightRecording"/>).</summary>
-public readonly record struct RecordedRecord(ulong Timestamp, ushort Cpu, ushort Kind, byte[] Payload);
+/// <summary>One record of a recording (see <see cref="FlightRecording"/>); read ones are slices of the file's bytes.</summary>
+public readonly record struct RecordedRecord(ulong Timestamp, ushort Cpu, ushort Kind, ReadOnlyMemory<byte> Payload);
 
 /// <summary>The JSON header of a recording.</summary>
 public sealed class RecordingHeader

@@ -36,7 +36,7 @@ public sealed class ReplaySource : IEventSource
         var firstLast = new Dictionary<int, (ulong Run0, ulong Wait0, ulong Run1, ulong Wait1)>();
         foreach (RecordedRecord r in _records.Where(r => r.Kind == FlightRecording.SchedstatKind))
         {
-            (int tid, ulong run, ulong wait) = FlightRecording.ParseSchedstat(r.Payload);
+            (int tid, ulong run, ulong wait) = FlightRecording.ParseSchedstat(r.Payload.Span);
             firstLast[tid] = firstLast.TryGetValue(tid, out var fl) ? fl with { Run1 = run, Wait1 = wait } : (run, wait, run, wait);
         }
         _schedstatSpan = firstLast.ToDictionary(kv => kv.Key, kv => (kv.Value.Run1 - kv.Value.Run0, kv.Value.Wait1 - kv.Value.Wait0));
@@ -111,7 +111,7 @@ public sealed class ReplaySource : IEventSource
             last = baseNs + offset;
             if (r.Kind == FlightRecording.SchedstatKind)
             {
-                (int tid, ulong run, ulong wait) = FlightRecording.ParseSchedstat(r.Payload);
+                (int tid, ulong run, ulong wait) = FlightRecording.ParseSchedstat(r.Payload.Span);
                 if (_schedstat is not null && _threads.TryGetValue(tid, out (VmInfo Vm, int Vcpu) who))
                 {
                     // Totals continue across passes: pass p adds p times what the whole recording added.
@@ -122,7 +122,7 @@ public sealed class ReplaySource : IEventSource
             }
             int shard = r.Cpu % sinks.Length;
             lock (_aggregator.Shards[shard].Gate)
-                Decoders.Decode(last, _aggregator.Shards[shard].Cpu, r.Payload, ref sinks[shard]);
+                Decoders.Decode(last, _aggregator.Shards[shard].Cpu, r.Payload.Span, ref sinks[shard]);
             foreach (Shard s in _aggregator.Shards)
                 s.States.Advance(s.Cpu, last); // in time order: every CPU has given all it had before this
             Interlocked.Increment(ref Delivered);
