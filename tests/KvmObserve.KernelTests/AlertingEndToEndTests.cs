@@ -30,6 +30,7 @@ public sealed partial class AlertingEndToEndTests(ITestOutputHelper output) : ID
 
     public void Dispose()
     {
+        Http.Dispose();
         if (_prometheus is { HasExited: false })
         {
             _prometheus.Kill();
@@ -166,7 +167,8 @@ public sealed partial class AlertingEndToEndTests(ITestOutputHelper output) : ID
     }
 
     private string _prometheusUrl = "";
-    private static readonly HttpClient Http = new() { Timeout = TimeSpan.FromSeconds(10) };
+    /// <summary>Disposed with the test: a pooled connection closed later would change another test's fd count.</summary>
+    private readonly HttpClient Http = new() { Timeout = TimeSpan.FromSeconds(10) };
 
     private JsonElement Api(string path)
     {
