@@ -105,3 +105,8 @@ public sealed class OtlpOutageTests(ITestOutputHelper output)
         return GC.GetTotalMemory(forceFullCollection: true);
     }
 }
+
+/// <summary>The OTLP tests, one at a time and alone: the outage test measures the whole process's managed heap, which
+/// other tests running beside it would grow.</summary>
+[CollectionDefinition("otlp", DisableParallelization = true)]
+public sealed class OtlpCollection;
