@@ -4,6 +4,7 @@ using System.Globalization;
 using KvmObserve.Aggregation;
 using KvmObserve.Aggregation.Discovery;
 using KvmObserve.Aggregation.Series;
+using KvmObserve.Aggregation.Storms;
 using KvmObserve.Decoding.Events;
 using KvmObserve.Decoding.Format;
 
@@ -42,7 +43,7 @@ public static class MetricsRenderer
     /// <summary>Every family's header, no samples: what an empty aggregate renders.</summary>
     public static void RenderFamilies(MetricWriter w)
     {
-        var registry = new VmRegistry(Path.Combine(Path.GetTempPath(), "kvmobserve-no-proc"));
+        var registry = VmRegistry.WithoutProcfs();
         Render(w, new ExpositionContext
         {
             Aggregator = new Aggregator(1, registry, new AggregatorOptions { Threads = 16, ShardSeries = 16 }),
@@ -222,15 +223,15 @@ public static class MetricsRenderer
     }
 
     /// <summary>The in-agent storm detector's view, per VM it has seen exits of.</summary>
-    private static void WriteStorms(MetricWriter w, KvmObserve.Aggregation.Storms.StormDetector? storms)
+    private static void WriteStorms(MetricWriter w, StormDetector? storms)
     {
-        IReadOnlyList<KvmObserve.Aggregation.Storms.VmStorms> vms = storms?.Vms() ?? [];
+        IReadOnlyList<VmStorms> vms = storms?.Vms() ?? [];
         w.Family("kvm_exit_storm_active", "gauge",
             "1 while the agent's detector sees the VM in an exit storm (exit rate over --storm-floor and --storm-factor times its baseline), else 0.");
-        foreach (KvmObserve.Aggregation.Storms.VmStorms vm in vms)
+        foreach (VmStorms vm in vms)
             w.Begin("kvm_exit_storm_active").Label("vm", vm.Vm).Value(vm.Active ? 1L : 0L);
         w.Family("kvmobserve_storms_total", "counter", "Exit storms the agent's detector saw start, per VM.");
-        foreach (KvmObserve.Aggregation.Storms.VmStorms vm in vms)
+        foreach (VmStorms vm in vms)
             w.Begin("kvmobserve_storms_total").Label("vm", vm.Vm).Value(vm.Storms);
     }
 

@@ -97,19 +97,7 @@ public sealed class FlightRecorderTests : IDisposable
             PageStreamParser.ParsePages(ref buffer, Fixture.PageHeader, ref handler);
     }
 
-    private string Live()
-    {
-        var buffer = new ArrayBufferWriter<byte>();
-        MetricsRenderer.Render(buffer, new ExpositionContext
-        {
-            Aggregator = _aggregator,
-            SourceName = "tracefs",
-            Tracepoints = [],
-            ExitReasons = _decoders.ExitReasons,
-            UserspaceExitReasons = _decoders.UserspaceExitReasons,
-        });
-        return System.Text.Encoding.UTF8.GetString(buffer.WrittenSpan);
-    }
+    private string Live() => Rendered.Text(_aggregator, _decoders);
 
     /// <summary>The kvm_ samples, each as one comparable line (schedstat families apart: the live side has none here).</summary>
     private static SortedSet<string> KvmSamples(string text) =>

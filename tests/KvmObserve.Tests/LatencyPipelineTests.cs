@@ -78,19 +78,7 @@ public sealed class LatencyPipelineTests : IDisposable
     private Histogram Histogram(MetricFamily family, uint label1) =>
         _aggregator.Snapshot().Single(s => s.Family == family && s.Label1 == label1 && s.Vm == "web").Histogram!;
 
-    private string Render()
-    {
-        var buffer = new ArrayBufferWriter<byte>();
-        MetricsRenderer.Render(buffer, new ExpositionContext
-        {
-            Aggregator = _aggregator,
-            SourceName = "tracefs",
-            Tracepoints = [],
-            ExitReasons = _decoders.ExitReasons,
-            UserspaceExitReasons = _decoders.UserspaceExitReasons,
-        });
-        return Encoding.UTF8.GetString(buffer.WrittenSpan);
-    }
+    private string Render() => Rendered.Text(_aggregator, _decoders);
 
     [Fact]
     public void Exit_to_entry_pairs_give_exact_buckets_when_a_thread_moves_and_cpus_are_read_out_of_order()

@@ -40,7 +40,7 @@ public sealed class OtlpOutageTests(ITestOutputHelper output)
     [Fact]
     public async Task An_absent_receiver_costs_no_memory_and_exports_resume_when_it_is_back()
     {
-        var registry = new VmRegistry(Path.Combine(Path.GetTempPath(), "kvmobserve-no-proc"));
+        var registry = VmRegistry.WithoutProcfs();
         var context = new ExpositionContext
         {
             Aggregator = new Aggregator(2, registry),

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using KvmObserve.Aggregation;
+using KvmObserve.Agent.Hosting;
 using KvmObserve.Aggregation.Discovery;
 using KvmObserve.Exposition;
 using KvmObserve.Sources;
@@ -44,23 +45,12 @@ internal static class ReplayCommand
     /// <summary>Replays <paramref name="path"/> once into a fresh aggregator (one shard per recorded CPU).</summary>
     public static (RecordingHeader Header, ExpositionContext Context) Replay(string path)
     {
-        var registry = new VmRegistry(Path.Combine(Path.GetTempPath(), "kvmobserve-replay-has-no-procfs"));
+        VmRegistry registry = VmRegistry.WithoutProcfs();
         var schedstat = new SchedstatCollector(registry, registry.ProcRoot);
         int shards = CpuTopology.PossibleCpus();
         var aggregator = new Aggregator(Math.Max(shards, 1), registry);
         using var source = new ReplaySource(path, aggregator, schedstat, speed: 0, loop: false);
         source.RunOnce();
-        var context = new ExpositionContext
-        {
-            Aggregator = aggregator,
-            SourceName = "replay",
-            SourceRequested = "replay",
-            SourceReason = path,
-            Tracepoints = source.Tracepoints.Select(t => new TracepointRow(t.Status.Tracepoint.FullName, t.Status.Available, t.Enabled)).ToList(),
-            ExitReasons = source.Decoders.ExitReasons,
-            UserspaceExitReasons = source.Decoders.UserspaceExitReasons,
-            Schedstat = schedstat,
-        };
-        return (source.Header, context);
+        return (source.Header, SourceService.ContextFor(source, aggregator, "replay", path, schedstat, storms: null));
     }
 }

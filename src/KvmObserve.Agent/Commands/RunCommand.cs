@@ -123,8 +123,7 @@ internal static class RunCommand
         }));
         builder.Services.AddSingleton(options);
         // A replay names its VMs from the recording: it must not find (or mark exited) this host's processes.
-        builder.Services.AddSingleton(options.Replay is null ? new VmRegistry()
-            : new VmRegistry(Path.Combine(Path.GetTempPath(), "kvmobserve-replay-has-no-procfs")));
+        builder.Services.AddSingleton(options.Replay is null ? new VmRegistry() : VmRegistry.WithoutProcfs());
         builder.Services.AddSingleton(new StormDetector(options.Storms));
         builder.Services.AddSingleton(sp => new SchedstatCollector(sp.GetRequiredService<VmRegistry>()));
         builder.Services.AddSingleton(sp => new Aggregator(CpuTopology.PossibleCpus(), sp.GetRequiredService<VmRegistry>(), options.Aggregation));

@@ -108,27 +108,30 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
         return Task.CompletedTask;
     }
 
+    /// <summary>What the renderer needs to know of a running source (the agent's, or `replay`'s).</summary>
+    public static ExpositionContext ContextFor(IEventSource source, Aggregator aggregator, string requested, string reason,
+        SchedstatCollector? schedstat, StormDetector? storms) => new()
+    {
+        Aggregator = aggregator,
+        SourceName = source.Name,
+        SourceRequested = requested,
+        SourceReason = reason,
+        Tracepoints = source.Tracepoints
+            .Select(t => new TracepointRow(t.Status.Tracepoint.FullName, t.Status.Available, t.Enabled)).ToList(),
+        ExitReasons = source.Decoders.ExitReasons,
+        UserspaceExitReasons = source.Decoders.UserspaceExitReasons,
+        Unattributed = source.UnattributedOf,
+        Schedstat = schedstat,
+        Storms = storms,
+    };
+
     /// <summary>The flight recorder, when --flight-recorder is set and the source has records.</summary>
     public FlightRecorder? Recorder { get; private set; }
 
     /// <summary>Makes the running source's aggregates readable and starts the housekeeping threads.</summary>
     private void Publish(string reason)
     {
-        IEventSource source = _source!;
-        Context = new ExpositionContext
-        {
-            Aggregator = aggregator,
-            SourceName = source.Name,
-            SourceRequested = options.Source,
-            SourceReason = reason,
-            Tracepoints = source.Tracepoints
-                .Select(t => new TracepointRow(t.Status.Tracepoint.FullName, t.Status.Available, t.Enabled)).ToList(),
-            ExitReasons = source.Decoders.ExitReasons,
-            UserspaceExitReasons = source.Decoders.UserspaceExitReasons,
-            Unattributed = source.UnattributedOf,
-            Schedstat = schedstat,
-            Storms = storms,
-        };
+        Context = ContextFor(_source!, aggregator, options.Source, reason, schedstat, storms);
         aggregator.Registry.Scan();
         _housekeeping = new Thread(Housekeeping) { IsBackground = true, Name = "kvmobserve housekeeping" };
         _housekeeping.Start();

@@ -34,11 +34,16 @@ internal sealed class StormService(StormDetector detector, Aggregator aggregator
     private void Run()
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
+        bool named = false;
         while (!_stop.Token.WaitHandle.WaitOne(detector.Options.Tick))
         {
             if (source.Context is not ExpositionContext context)
                 continue;
-            detector.Describe = (f, l1, l2) => ReasonNames.Describe(context, f, l1, l2);
+            if (!named)
+            {
+                detector.Describe = (f, l1, l2) => ReasonNames.Describe(context, f, l1, l2); // the source's reason tables
+                named = true;
+            }
             try
             {
                 detector.Tick(aggregator, clock.Elapsed);

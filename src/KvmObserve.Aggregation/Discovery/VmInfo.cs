@@ -29,9 +29,6 @@ public sealed class VmInfo
     /// <summary>UID of the Kubernetes pod whose cgroup holds the VMM ("" outside Kubernetes).</summary>
     public string PodUid { get; init; } = "";
 
-    /// <summary>A VM of a replayed flight recording: not looked for in procfs, never marked exited.</summary>
-    public bool Recorded { get; init; }
-
     /// <summary>When the process was last seen gone (UTC), or null while it runs.</summary>
     public DateTime? ExitedAt { get; internal set; }
 

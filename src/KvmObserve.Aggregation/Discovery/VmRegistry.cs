@@ -20,6 +20,14 @@ public sealed class VmRegistry
 
     public string ProcRoot => _procRoot;
 
+    /// <summary>True for a registry that knows only the VMs it is told of (<see cref="Seed"/>): it never reads procfs
+    /// and never marks a VM exited.</summary>
+    public bool Detached { get; private init; }
+
+    /// <summary>A registry with no procfs behind it: a replay's, whose VMs live only in the recording.</summary>
+    public static VmRegistry WithoutProcfs() =>
+        new(Path.Combine(Path.GetTempPath(), "kvmobserve-no-procfs", Guid.NewGuid().ToString("N"))) { Detached = true };
+
     public VmRegistry(string procRoot = "/proc")
     {
         _procRoot = procRoot;
@@ -161,15 +169,15 @@ public sealed class VmRegistry
 
     /// <summary>A thread seen before it named itself "CPU N/KVM" is looked at again while its VM runs.</summary>
     private static bool NeedsVcpu(ThreadIdentity identity) =>
-        identity.Vcpu < 0 && identity.Vm.ExitedAt is null && identity.Vm.Pid != 0 && !identity.Vm.Recorded;
+        identity.Vcpu < 0 && identity.Vm.ExitedAt is null && identity.Vm.Pid != 0;
 
     /// <summary>Names a thread of a replayed recording, as the recording says (its VM is registered on first use).</summary>
     public VmInfo Seed(int tid, int pid, string name, string vmm, string uuid, int vcpu)
     {
         lock (_gate)
         {
-            if (!_vmsByPid.TryGetValue(pid, out VmInfo? vm) || !vm.Recorded)
-                _vmsByPid[pid] = vm = new VmInfo(pid, 0, name, vmm, uuid) { Recorded = true };
+            if (!_vmsByPid.TryGetValue(pid, out VmInfo? vm))
+                _vmsByPid[pid] = vm = new VmInfo(pid, 0, name, vmm, uuid);
             _threads[tid] = new ThreadIdentity(vm, vcpu);
             _unresolvedSince.Remove(tid);
             return vm;
@@ -203,6 +211,8 @@ public sealed class VmRegistry
     /// <summary>Finds every process holding a KVM VM fd, learns its vCPU threads, and marks VMs that have exited.</summary>
     public void Scan()
     {
+        if (Detached)
+            return;
         var alive = new HashSet<int>();
         var pids = new List<int>();
         foreach (string dir in SafeEnumerate(_procRoot))
@@ -229,7 +239,7 @@ public sealed class VmRegistry
         {
             foreach (VmInfo vm in _vmsByPid.Values)
             {
-                if (!alive.Contains(vm.Pid) && vm.ExitedAt is null && !vm.Recorded && !ProcessAlive(vm))
+                if (!alive.Contains(vm.Pid) && vm.ExitedAt is null && !ProcessAlive(vm))
                     vm.ExitedAt = DateTime.UtcNow;
             }
         }

@@ -52,11 +52,8 @@ public sealed class ReplaySource : IEventSource
 
     public KvmEventDecoders Decoders { get; }
 
-    /// <summary>Records delivered so far (all loops).</summary>
-    public long Delivered;
-
-    /// <summary>Times the whole recording has been delivered.</summary>
-    public int Passes;
+    /// <summary>Times the whole recording has been delivered (schedstat totals continue across passes).</summary>
+    private int _passes;
 
     public void Start()
     {
@@ -91,6 +88,7 @@ public sealed class ReplaySource : IEventSource
             Thread.Sleep(100);
             return baseNs;
         }
+        Shard[] shards = _aggregator.Shards.ToArray();
         ulong first = _records[0].Timestamp;
         ulong last = baseNs;
         var clock = System.Diagnostics.Stopwatch.StartNew();
@@ -116,21 +114,18 @@ public sealed class ReplaySource : IEventSource
                 {
                     // Totals continue across passes: pass p adds p times what the whole recording added.
                     (ulong runSpan, ulong waitSpan) = _schedstatSpan[tid];
-                    _schedstat.Record(who.Vm, tid, who.Vcpu, run + (ulong)Passes * runSpan, wait + (ulong)Passes * waitSpan);
+                    _schedstat.Record(who.Vm, tid, who.Vcpu, run + (ulong)_passes * runSpan, wait + (ulong)_passes * waitSpan);
                 }
                 continue;
             }
-            int shard = r.Cpu % sinks.Length;
-            lock (_aggregator.Shards[shard].Gate)
-                Decoders.Decode(last, _aggregator.Shards[shard].Cpu, r.Payload.Span, ref sinks[shard]);
-            foreach (Shard s in _aggregator.Shards)
-                s.States.Advance(s.Cpu, last); // in time order: every CPU has given all it had before this
-            Interlocked.Increment(ref Delivered);
+            Shard shard = shards[r.Cpu % shards.Length];
+            lock (shard.Gate)
+                Decoders.Decode(last, shard.Cpu, r.Payload.Span, ref sinks[r.Cpu % shards.Length]);
+            for (int i = 0; i < shards.Length; i++)
+                shards[i].States.Advance(shards[i].Cpu, last); // in time order: every CPU has given all it had before this
         }
         if (!_stopping)
-        {
-            Interlocked.Increment(ref Passes);
-        }
+            _passes++;
         return last;
     }
 
