@@ -11,6 +11,10 @@ namespace KvmObserve.Tests;
 /// 8 vCPU threads, userspace exits, PIO, MSR) decoded and aggregated, as a tracefs reader does per page, after one warm-up
 /// pass that creates the series and thread states.
 /// </summary>
+/// <remarks>Runs alone (its own collection, parallelization off): once in about nine full-suite runs, 6,000 bytes
+/// were counted on this thread while other test classes ran beside it; alone (6 of 6) and under BenchmarkDotNet
+/// (0 B) it is zero. The cause was not found; the figure is meant to be the hot path's alone.</remarks>
+[Collection("alone: allocations")]
 public sealed class ZeroAllocationTests
 {
     [Fact]
@@ -45,3 +49,6 @@ public sealed class ZeroAllocationTests
         Assert.True(shard.EventsOf(KvmEventKind.Exit) > 400_000);
     }
 }
+
+[CollectionDefinition("alone: allocations", DisableParallelization = true)]
+public sealed class AllocationCollection;
