@@ -28,6 +28,21 @@ public sealed class HeldHalts
         _count[w]++;
     }
 
+    /// <summary>Adds what a source that counts in the kernel counted: <paramref name="value"/> more wakeups (family
+    /// HaltWakeups) or more of one latency bucket or of the ns sum (HaltDuration, bucket in <paramref name="label2"/>).</summary>
+    public void AddCounted(bool waited, MetricFamily family, ulong label2, long value, ulong timestamp)
+    {
+        if (Since == 0)
+            Since = timestamp;
+        int w = waited ? 1 : 0;
+        if (family == MetricFamily.HaltWakeups)
+            _count[w] += value;
+        else if (LatencyBuckets.BucketOf(label2) == LatencyBuckets.SumSlot)
+            _sumNs[w] += value;
+        else
+            _buckets[w * LatencyBuckets.Count + LatencyBuckets.BucketOf(label2)] += value;
+    }
+
     public long Count(bool waited) => _count[waited ? 1 : 0];
 
     public long SumNs(bool waited) => _sumNs[waited ? 1 : 0];

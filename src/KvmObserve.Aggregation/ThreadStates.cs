@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using KvmObserve.Aggregation.Series;
 
 namespace KvmObserve.Aggregation;
 
@@ -65,6 +66,9 @@ public sealed class ThreadStates
     public long PairsDropped(PairKind kind, PairDrop why) => Volatile.Read(ref _dropped[(int)kind * 2 + (int)why]);
 
     internal void CountDropped(PairKind kind, PairDrop why) => Interlocked.Increment(ref _dropped[(int)kind * 2 + (int)why]);
+
+    /// <summary>Pairs a source that pairs in the kernel dropped there (<paramref name="count"/> more since it last said).</summary>
+    public void AddDropped(PairKind kind, PairDrop why, long count) => Interlocked.Add(ref _dropped[(int)kind * 2 + (int)why], count);
 
     /// <summary>A kvm_exit and the kvm_entry that ended its handling: what the pairing produced.</summary>
     internal readonly record struct Pair(int Tid, uint Reason, uint Isa, ulong Ns);
@@ -311,6 +315,61 @@ public sealed class ThreadStates
         }
         Unlock(ref s);
     }
+
+    /// <summary>
+    /// For a source that keeps each thread's state in the kernel: what that state says now. <paramref name="vcpu"/> and
+    /// <paramref name="pollNs"/> are -1 where the kernel does not know them; <paramref name="firstOld"/> is the old value of
+    /// the thread's first kvm_halt_poll_ns the kernel saw (-1: none yet), the window every halt before it started with,
+    /// so halts held for want of it are released with it.
+    /// </summary>
+    public void Learn(int tid, int vcpu, long pollNs, long firstOld)
+    {
+        int cache = -1;
+        int i = Find(tid, ref cache);
+        if (i < 0)
+            return;
+        ref Slot s = ref Lock(i);
+        if (s.Tid == tid)
+        {
+            if (vcpu >= 0)
+                Volatile.Write(ref s.Vcpu, vcpu);
+            if (firstOld >= 0 && s.Held is { Total: > 0 } held)
+                _released.Enqueue(new Released(tid, s.Vcpu, held.Take(), firstOld));
+            if (pollNs >= 0)
+                Volatile.Write(ref s.PollNs, pollNs);
+        }
+        Unlock(ref s);
+    }
+
+    /// <summary>
+    /// For a source that counts halts in the kernel: <paramref name="value"/> more of a halt series the kernel could not
+    /// classify (the thread's window was unknown there). Returns the window they started with when it is known here
+    /// (the kernel's <paramref name="firstOld"/>, or the window seeded for a vCPU created while the agent ran), for the
+    /// caller to count them with; otherwise holds them, as the hot path holds its own, and returns -1.
+    /// </summary>
+    public long ClassifyOrHold(int tid, bool waited, MetricFamily family, ulong label2, long value, long firstOld)
+    {
+        if (firstOld >= 0)
+            return firstOld;
+        int cache = -1;
+        int i = Find(tid, ref cache);
+        if (i < 0)
+            return NoRoom;
+        ref Slot s = ref Lock(i);
+        long window = NoRoom; // the slot went to another thread meanwhile
+        if (s.Tid == tid)
+        {
+            window = Volatile.Read(ref s.PollNs);
+            if (window < 0)
+                (s.Held ??= new HeldHalts()).AddCounted(waited, family, label2, value, MonotonicNow());
+        }
+        Unlock(ref s);
+        return window;
+    }
+
+    /// <summary>What <see cref="ClassifyOrHold"/> returns when it could neither classify nor hold (no slot): the caller
+    /// counts the halts as outcome "unknown" rather than lose them.</summary>
+    public const long NoRoom = -2;
 
     /// <summary>Frees the slot of a thread whose VM has been gone for the grace period. Not sooner: its last records
     /// can still be in a ring that is read later, and they need the state (a halt's poll window above all). Halts still

@@ -1,0 +1,368 @@
+using KvmObserve.Aggregation;
+using KvmObserve.Aggregation.Series;
+using KvmObserve.Decoding.Events;
+using KvmObserve.Decoding.Format;
+using KvmObserve.Native;
+using KvmObserve.Native.Bpf;
+using KvmObserve.Sources.Tracefs;
+
+namespace KvmObserve.Sources.Bpf;
+
+/// <summary>What the bpf source is told beyond <see cref="SourceOptions"/>.</summary>
+public sealed class BpfOptions
+{
+    /// <summary>The compiled probes/kvmobserve.bpf.c; by default the one built next to the agent.</summary>
+    public string ObjectPath { get; set; } = DefaultObjectPath;
+
+    /// <summary>Entries of the counts map (each a (pid, thread, vCPU, family, key) series).</summary>
+    public uint MapEntries { get; set; } = 32_768;
+
+    /// <summary>Keep the kernel's BPF run-time accounting on while the source runs (BPF_ENABLE_STATS).</summary>
+    public bool Stats { get; set; }
+
+    /// <summary>Count only these processes (VMM pids); empty: every process.</summary>
+    public IReadOnlyList<int> Pids { get; set; } = [];
+
+    public static string DefaultObjectPath => Path.Combine(AppContext.BaseDirectory, "probes", "kvmobserve.bpf.o");
+}
+
+/// <summary>A loaded program's cost as the kernel accounts it (zero while its run-time accounting is off).</summary>
+public sealed record ProgramCost(string Program, ulong RunTimeNs, ulong Runs);
+
+/// <summary>
+/// Counts kvm events in the kernel with the BPF programs of probes/: each event is aggregated where it happens, in
+/// per-CPU maps keyed by (VMM pid, thread, vCPU, family, key), exit-handling latency paired per thread in the kernel
+/// into the agent's own histogram buckets. Nothing per event crosses into user space; the maps are read when the
+/// aggregates are (at a scrape, an export, a storm-detector tick), and only their growth is added.
+/// Every program, map and link is held by this process's file descriptors and goes with it.
+/// </summary>
+public sealed class BpfSource : IEventSource
+{
+    private readonly SourceOptions _options;
+    private readonly BpfOptions _bpf;
+    private readonly Aggregator _aggregator;
+    private readonly TracefsFormats _formats;
+    private readonly Dictionary<KvmEventKind, EventFormat?> _formatByKind = new();
+    private readonly object _gate = new();
+    private readonly Dictionary<SeriesKey, long> _last = new();
+    private readonly Dictionary<int, long> _firstOld = new();
+    private readonly Dictionary<int, (long PollNs, long FirstOld, int Vcpu)> _threadStates = new();
+    private readonly HashSet<int> _tids = new();
+    private readonly long[] _stats = new long[BpfLayout.StatSlots];
+    private BpfObject? _object;
+    private BpfMap? _counts, _threads, _statsMap;
+    private SafeFd? _statsFd;
+    private Shard? _shard;
+    private Action? _refresher;
+    private IReadOnlyList<TracepointState> _tracepoints = [];
+    private IReadOnlyList<(string Name, int Fd)> _programs = [];
+    private DateTime _nextSweep;
+
+    public BpfSource(SourceOptions options, Aggregator aggregator, string tracefsRoot, BpfOptions? bpf = null)
+    {
+        _options = options;
+        _bpf = bpf ?? new BpfOptions();
+        _aggregator = aggregator;
+        _formats = new TracefsFormats(tracefsRoot);
+        Decoders = _formats.Decoders();
+    }
+
+    public string Name => "bpf";
+
+    public KvmEventDecoders Decoders { get; }
+
+    public IReadOnlyList<TracepointState> Tracepoints => _tracepoints;
+
+    /// <summary>Warnings worth one log line each (a tracepoint that could not be attached).</summary>
+    public Action<string>? Warn { get; set; }
+
+    /// <summary>Increments the counts map had no room for, even under "other" (kvmo_stats).</summary>
+    public long MapFull { get { lock (_gate) return _stats[BpfLayout.StatMapFull]; } }
+
+    /// <summary>Threads the kernel's state map could not take (their pairing and halt state were skipped).</summary>
+    public long StateFull { get { lock (_gate) return _stats[BpfLayout.StatStateFull]; } }
+
+    private FieldFormat? FieldOf(KvmEventKind kind, string name)
+    {
+        if (!_formatByKind.TryGetValue(kind, out EventFormat? format))
+        {
+            Tracepoint? tp = TracepointCatalog.All.FirstOrDefault(t => t.Kind == kind);
+            _formatByKind[kind] = format = tp is null ? null : _formats.Event(tp);
+        }
+        return format?.Find(name);
+    }
+
+    public void Start()
+    {
+        try
+        {
+            _object = Load(_bpf, FieldOf, Decoders.ExitReasons.ImpliedIsa);
+            _programs = _object.Programs();
+            var states = new List<TracepointState>();
+            foreach (TracepointStatus s in Decoders.Statuses)
+            {
+                bool wanted = _options.Wants(s.Tracepoint);
+                if (!s.Available || !wanted)
+                {
+                    states.Add(new TracepointState(s, false));
+                    continue;
+                }
+                string missing = BpfLayout.MissingFields(s.Tracepoint.Kind, FieldOf);
+                if (missing.Length > 0)
+                {
+                    states.Add(new TracepointState(s with { Problem = $"its format has no {missing}" }, false));
+                    continue;
+                }
+                string program = BpfLayout.ProgramOf(s.Tracepoint.Kind);
+                try
+                {
+                    _object.AttachTracepoint(program, s.Tracepoint.System, s.Tracepoint.Name,
+                        program == "kvmo_mmu" ? (ulong)s.Tracepoint.Kind : 0);
+                    states.Add(new TracepointState(s, true));
+                }
+                catch (BpfException e)
+                {
+                    Warn?.Invoke($"bpf: {e.Message}");
+                    states.Add(new TracepointState(s with { Problem = e.Message }, false));
+                }
+            }
+            if (!states.Any(t => t.Enabled))
+                throw new BpfException("bpf: no program could be attached (none of the selected tracepoints exists, or every attach failed)");
+            _tracepoints = states;
+            _counts = new BpfMap(_object.MapFd("kvmo_counts"), BpfLayout.KeySize, 8, (int)_bpf.MapEntries, perCpu: true);
+            _threads = new BpfMap(_object.MapFd("kvmo_threads"), 4, BpfLayout.ThreadStateSize, 16_384, perCpu: false);
+            _statsMap = new BpfMap(_object.MapFd("kvmo_stats"), 4, 8, BpfLayout.StatSlots, perCpu: true);
+            if (_bpf.Stats && !BpfProgramStats.SysctlEnabled())
+                _statsFd = BpfProgramStats.EnableRunTime();
+            _shard = _aggregator.Shards[0];
+            _nextSweep = DateTime.UtcNow.AddMilliseconds(_options.DiscoveryIntervalMs);
+            _refresher = Refresh;
+            _aggregator.AddRefresher(_refresher);
+        }
+        catch
+        {
+            Stop();
+            throw;
+        }
+    }
+
+    /// <summary>Opens the object, sets its globals from the formats and loads it (maps and programs, not attached).</summary>
+    public static BpfObject Load(BpfOptions bpf, Func<KvmEventKind, string, FieldFormat?> fieldOf, uint impliedIsa)
+    {
+        if (!File.Exists(bpf.ObjectPath))
+            throw new BpfException($"{bpf.ObjectPath} is missing: the BPF programs are built with the agent only where clang is installed (apt-get install clang libbpf-dev, then build again)");
+        BpfObject obj = BpfObject.Open(bpf.ObjectPath);
+        try
+        {
+            uint filter = bpf.Pids.Count > 0 ? 1u : 0u;
+            obj.SetReadOnlyData(BpfLayout.Config(fieldOf, filter, impliedIsa, ThreadStates.HorizonNs));
+            obj.SetMaxEntries("kvmo_counts", bpf.MapEntries);
+            obj.Load();
+            if (bpf.Pids.Count > 0)
+            {
+                var pids = new BpfMap(obj.MapFd("kvmo_pids"), 4, 1, 1, perCpu: false);
+                foreach (int pid in bpf.Pids)
+                    pids.Update(BitConverter.GetBytes(pid), [1]);
+            }
+            return obj;
+        }
+        catch
+        {
+            obj.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Why the bpf source cannot run here, or null: libbpf, the built object, and the kernel's verdict on
+    /// loading it (loaded and released at once; nothing is attached).</summary>
+    public static string? Probe(string tracefsRoot, BpfOptions? bpf = null)
+    {
+        bpf ??= new BpfOptions();
+        try
+        {
+            _ = BpfMap.PossibleCpus;
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException or TypeInitializationException)
+        {
+            return $"libbpf.so.1 cannot be loaded (apt-get install libbpf1): {e.GetBaseException().Message}";
+        }
+        try
+        {
+            var formats = new TracefsFormats(tracefsRoot);
+            KvmEventDecoders decoders = formats.Decoders();
+            FieldFormat? FieldOf(KvmEventKind kind, string name) =>
+                TracepointCatalog.All.FirstOrDefault(t => t.Kind == kind) is { } tp ? formats.Event(tp)?.Find(name) : null;
+            using BpfObject obj = Load(bpf, FieldOf, decoders.ExitReasons.ImpliedIsa);
+            return null;
+        }
+        catch (BpfException e)
+        {
+            return e.Errno == 1 ? $"{e.Message} (needs CAP_BPF and CAP_PERFMON, or root)" : e.Message;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return e.Message;
+        }
+    }
+
+    /// <summary>The programs' own cost, where the kernel accounts it (kernel.bpf_stats_enabled, or --bpf-stats).</summary>
+    public IReadOnlyList<ProgramCost> ProgramCosts()
+    {
+        var costs = new List<ProgramCost>();
+        lock (_gate)
+        {
+            if (_object is null)
+                return costs;
+            foreach ((string name, int fd) in _programs)
+            {
+                if (BpfProgramStats.Read(fd) is (ulong ns, ulong runs))
+                    costs.Add(new ProgramCost(name, ns, runs));
+            }
+        }
+        return costs;
+    }
+
+    /// <summary>Whether the kernel is accounting the programs' run time now.</summary>
+    public bool CostAccounted => _statsFd is not null || BpfProgramStats.SysctlEnabled();
+
+    /// <summary>Reads the maps and adds what grew since the last read to shard 0's series.</summary>
+    public void Refresh()
+    {
+        lock (_gate)
+        {
+            if (_shard is null || _counts is null)
+                return;
+            lock (_shard.Gate)
+                RefreshLocked();
+        }
+    }
+
+    private void RefreshLocked()
+    {
+        ReadStats();
+        ReadThreads();
+        int n = _counts!.ReadAll();
+        SeriesTable series = _shard!.Series;
+        for (int i = 0; i < n; i++)
+        {
+            (_, SeriesKey key) = BpfLayout.ReadKey(_counts.Key(i));
+            long total = BpfMap.SumPerCpu(_counts.Value(i));
+            _last.TryGetValue(key, out long last);
+            long delta = total - last;
+            _tids.Add(key.Tid);
+            if (delta <= 0)
+                continue;
+            _last[key] = total;
+            if (key.Family is MetricFamily.HaltWakeups or MetricFamily.HaltDuration && (key.Label1 & BpfLayout.UnknownWindow) != 0)
+                CountUnclassifiedHalts(series, key, delta);
+            else
+                series.Counter(key) += delta;
+        }
+        if (DateTime.UtcNow >= _nextSweep)
+        {
+            Sweep(n);
+            _nextSweep = DateTime.UtcNow.AddMilliseconds(_options.DiscoveryIntervalMs);
+        }
+    }
+
+    private void ReadStats()
+    {
+        int n = _statsMap!.ReadAll();
+        for (int i = 0; i < n; i++)
+        {
+            int slot = BitConverter.ToInt32(_statsMap.Key(i));
+            if ((uint)slot >= (uint)_stats.Length)
+                continue;
+            long total = BpfMap.SumPerCpu(_statsMap.Value(i));
+            long delta = total - _stats[slot];
+            if (delta <= 0)
+                continue;
+            _stats[slot] = total;
+            if (slot is > 0 and < BpfLayout.StatMapFull)
+                _shard!.AddEvents((KvmEventKind)slot, delta);
+            else if (slot is BpfLayout.StatExitUnmatched or BpfLayout.StatExitTooLong) // as the record path counts them
+                _aggregator.States.AddDropped(PairKind.Exit, PairDrop.Unmatched, delta);
+        }
+    }
+
+    private void ReadThreads()
+    {
+        int n = _threads!.ReadAll();
+        for (int i = 0; i < n; i++)
+        {
+            int tid = BitConverter.ToInt32(_threads.Key(i));
+            (long pollNs, long firstOld, int vcpu) state = BpfLayout.ReadThreadState(_threads.Value(i));
+            _firstOld[tid] = state.firstOld;
+            _tids.Add(tid);
+            if (_threadStates.TryGetValue(tid, out var known) && known == state)
+                continue;
+            _threadStates[tid] = state;
+            _aggregator.States.Learn(tid, state.vcpu, state.pollNs, state.firstOld);
+        }
+    }
+
+    /// <summary>Halts the kernel counted before it knew their thread's poll window: classified here with the window
+    /// they started with once the agent knows it, held by the thread's state until then (as the record path holds its
+    /// own), counted as "unknown" where even that has no room.</summary>
+    private void CountUnclassifiedHalts(SeriesTable series, SeriesKey key, long delta)
+    {
+        bool waited = (key.Label1 & 1) != 0;
+        long firstOld = _firstOld.TryGetValue(key.Tid, out long f) ? f : -1;
+        long window = _aggregator.States.ClassifyOrHold(key.Tid, waited, key.Family, key.Label2, delta, firstOld);
+        if (window == -1)
+            return; // held
+        HaltOutcome outcome = window == ThreadStates.NoRoom ? HaltOutcome.Unknown : HeldHalts.Outcome(waited, window);
+        series.Counter(key with { Label1 = (uint)outcome }) += delta;
+    }
+
+    /// <summary>Deletes what the maps hold of threads that have exited, once their last counts are in: the maps are
+    /// bounded, and a host starts and stops VMs for years.</summary>
+    private void Sweep(int entries)
+    {
+        var gone = new HashSet<int>();
+        foreach (int tid in _tids)
+        {
+            if (!Directory.Exists($"/proc/{tid}"))
+                gone.Add(tid);
+        }
+        _tids.Clear();
+        if (gone.Count == 0)
+            return;
+        for (int i = 0; i < entries; i++)
+        {
+            (_, SeriesKey key) = BpfLayout.ReadKey(_counts!.Key(i));
+            if (gone.Contains(key.Tid))
+            {
+                _counts.Delete(_counts.Key(i));
+                _last.Remove(key);
+            }
+        }
+        foreach (int tid in gone)
+        {
+            _threads!.Delete(BitConverter.GetBytes(tid));
+            _threadStates.Remove(tid);
+            _firstOld.Remove(tid);
+        }
+    }
+
+    public void Stop()
+    {
+        if (_refresher is not null)
+        {
+            _aggregator.RemoveRefresher(_refresher);
+            Refresh(); // what the maps counted since the last read
+            _refresher = null;
+        }
+        lock (_gate)
+        {
+            _shard = null;
+            _object?.Dispose(); // links first: the programs stop running, then maps and programs go
+            _object = null;
+            _counts = _threads = _statsMap = null;
+            _statsFd?.Dispose();
+            _statsFd = null;
+        }
+    }
+
+    public void Dispose() => Stop();
+}
