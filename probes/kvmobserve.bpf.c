@@ -147,13 +147,16 @@ struct {
 	__type(value, __u8);
 } kvmo_cgroups SEC(".maps");
 
-static __always_inline __u64 rd(void *ctx, struct fld f)
+/* Reads a field of the event at the offset the loader found in its format file. The field is named by pointer, so
+ * its offset and size are read as volatile scalars at run time: a by-value copy of a const volatile struct is an
+ * aggregate copy the compiler may fold to the zeroes of its initializer, losing the read entirely. */
+static __always_inline __u64 rd(void *ctx, const volatile struct fld *f)
 {
 	__u64 v = 0;
-	__u32 size = f.size;
+	__u32 size = f->size, off = f->off;
 	if (size == 0 || size > 8)
 		return 0;
-	bpf_probe_read_kernel(&v, size, (char *)ctx + f.off);
+	bpf_probe_read_kernel(&v, size, (char *)ctx + off);
 	return v; /* little-endian: the low bytes are the field */
 }
 
@@ -306,9 +309,9 @@ int kvmo_exit(void *ctx)
 	struct who w;
 	if (!begin(&w, K_EXIT))
 		return 0;
-	__u32 raw = rd(ctx, cfg.exit_reason);
-	__u32 isa = cfg.exit_isa.size ? (__u32)rd(ctx, cfg.exit_isa) : cfg.implied_isa;
-	__s32 vcpu = cfg.exit_vcpu.size ? (__s32)rd(ctx, cfg.exit_vcpu) : NO_VCPU;
+	__u32 raw = rd(ctx, &cfg.exit_reason);
+	__u32 isa = cfg.exit_isa.size ? (__u32)rd(ctx, &cfg.exit_isa) : cfg.implied_isa;
+	__s32 vcpu = cfg.exit_vcpu.size ? (__s32)rd(ctx, &cfg.exit_vcpu) : NO_VCPU;
 	__u32 reason = raw;
 	if (isa == 1) { /* VMX: basic reason in bits 0-15, bit 31 = the VM entry failed */
 		reason = raw & 0xffff;
@@ -339,7 +342,7 @@ int kvmo_entry(void *ctx)
 	if (!s)
 		return 0;
 	if (cfg.entry_vcpu.size)
-		s->vcpu = (__s32)rd(ctx, cfg.entry_vcpu);
+		s->vcpu = (__s32)rd(ctx, &cfg.entry_vcpu);
 	if (s->exit_ts == 0)
 		return 0; /* the exit came before the programs were attached */
 	__u64 ns = w.now - s->exit_ts;
@@ -357,8 +360,8 @@ int kvmo_uexit(void *ctx)
 	struct who w;
 	if (!begin(&w, K_USERSPACE_EXIT))
 		return 0;
-	__u32 reason = rd(ctx, cfg.uexit_reason);
-	__s32 err = (__s32)rd(ctx, cfg.uexit_errno);
+	__u32 reason = rd(ctx, &cfg.uexit_reason);
+	__s32 err = (__s32)rd(ctx, &cfg.uexit_errno);
 	/* an errno instead of an exit: -EINTR is a signal-driven restart, anything else a failed KVM_RUN */
 	__u32 cls = err >= 0 ? 0 : err == -4 ? 1 : 2;
 	if (cls)
@@ -378,7 +381,7 @@ int kvmo_pio(void *ctx)
 	struct who w;
 	if (!begin(&w, K_PIO))
 		return 0;
-	count(w.tgid, w.tid, NO_VCPU, F_PIO, rd(ctx, cfg.pio_port), rd(ctx, cfg.pio_rw) ? 1 : 0);
+	count(w.tgid, w.tid, NO_VCPU, F_PIO, rd(ctx, &cfg.pio_port), rd(ctx, &cfg.pio_rw) ? 1 : 0);
 	return 0;
 }
 
@@ -388,7 +391,7 @@ int kvmo_mmio(void *ctx)
 	struct who w;
 	if (!begin(&w, K_MMIO))
 		return 0;
-	count(w.tgid, w.tid, NO_VCPU, F_MMIO, rd(ctx, cfg.mmio_type), rd(ctx, cfg.mmio_gpa) >> 12);
+	count(w.tgid, w.tid, NO_VCPU, F_MMIO, rd(ctx, &cfg.mmio_type), rd(ctx, &cfg.mmio_gpa) >> 12);
 	return 0;
 }
 
@@ -398,7 +401,7 @@ int kvmo_msr(void *ctx)
 	struct who w;
 	if (!begin(&w, K_MSR))
 		return 0;
-	count(w.tgid, w.tid, NO_VCPU, F_MSR, rd(ctx, cfg.msr_ecx), rd(ctx, cfg.msr_write) ? 1 : 0);
+	count(w.tgid, w.tid, NO_VCPU, F_MSR, rd(ctx, &cfg.msr_ecx), rd(ctx, &cfg.msr_write) ? 1 : 0);
 	return 0;
 }
 
@@ -408,7 +411,7 @@ int kvmo_cpuid(void *ctx)
 	struct who w;
 	if (!begin(&w, K_CPUID))
 		return 0;
-	count(w.tgid, w.tid, NO_VCPU, F_CPUID, rd(ctx, cfg.cpuid_function), 0);
+	count(w.tgid, w.tid, NO_VCPU, F_CPUID, rd(ctx, &cfg.cpuid_function), 0);
 	return 0;
 }
 
@@ -428,7 +431,7 @@ int kvmo_inj_exc(void *ctx)
 	struct who w;
 	if (!begin(&w, K_INJECTED))
 		return 0;
-	count(w.tgid, w.tid, NO_VCPU, F_INJECTED, rd(ctx, cfg.inj_exception), 0);
+	count(w.tgid, w.tid, NO_VCPU, F_INJECTED, rd(ctx, &cfg.inj_exception), 0);
 	return 0;
 }
 
@@ -446,8 +449,8 @@ int kvmo_wakeup(void *ctx)
 	struct who w;
 	if (!begin(&w, K_WAKEUP))
 		return 0;
-	__u64 ns = rd(ctx, cfg.wake_ns);
-	bool waited = rd(ctx, cfg.wake_waited) & 0xff;
+	__u64 ns = rd(ctx, &cfg.wake_ns);
+	bool waited = rd(ctx, &cfg.wake_waited) & 0xff;
 	__s64 poll = -1;
 	__s32 vcpu = NO_VCPU;
 	struct tstate *s = w.s;
@@ -471,8 +474,8 @@ int kvmo_halt_poll(void *ctx)
 	struct who w;
 	if (!begin(&w, K_HALT_POLL))
 		return 0;
-	__s32 vcpu = (__s32)rd(ctx, cfg.poll_vcpu);
-	__s64 old = (__u32)rd(ctx, cfg.poll_old);
+	__s32 vcpu = (__s32)rd(ctx, &cfg.poll_vcpu);
+	__s64 old = (__u32)rd(ctx, &cfg.poll_old);
 	struct tstate *s = w.s;
 	if (s) {
 		s->vcpu = vcpu;
@@ -480,9 +483,9 @@ int kvmo_halt_poll(void *ctx)
 			s->first_old = old;
 		if (s->poll_at_halt < 0)
 			s->poll_at_halt = old;
-		s->poll_ns = (__u32)rd(ctx, cfg.poll_new);
+		s->poll_ns = (__u32)rd(ctx, &cfg.poll_new);
 	}
-	count(w.tgid, w.tid, vcpu, F_HALT_POLL_CHANGES, rd(ctx, cfg.poll_grow) & 0xff ? 1 : 0, 0);
+	count(w.tgid, w.tid, vcpu, F_HALT_POLL_CHANGES, rd(ctx, &cfg.poll_grow) & 0xff ? 1 : 0, 0);
 	return 0;
 }
 
@@ -505,10 +508,10 @@ int kvmo_page_fault(void *ctx)
 	struct who w;
 	if (!begin(&w, K_PAGE_FAULT))
 		return 0;
-	__s32 vcpu = cfg.pf_vcpu.size ? (__s32)rd(ctx, cfg.pf_vcpu) : NO_VCPU;
+	__s32 vcpu = cfg.pf_vcpu.size ? (__s32)rd(ctx, &cfg.pf_vcpu) : NO_VCPU;
 	if (w.s && vcpu >= 0)
 		w.s->vcpu = vcpu;
-	count(w.tgid, w.tid, vcpu, F_MMU_PAGE_FAULTS, fault_kind(rd(ctx, cfg.pf_error)), 0);
+	count(w.tgid, w.tid, vcpu, F_MMU_PAGE_FAULTS, fault_kind(rd(ctx, &cfg.pf_error)), 0);
 	return 0;
 }
 
@@ -518,8 +521,8 @@ int kvmo_fast_pf(void *ctx)
 	struct who w;
 	if (!begin(&w, K_FAST_PAGE_FAULT))
 		return 0;
-	__s32 vcpu = (__s32)rd(ctx, cfg.fpf_vcpu);
-	__s32 ret = (__s32)rd(ctx, cfg.fpf_ret);
+	__s32 vcpu = (__s32)rd(ctx, &cfg.fpf_vcpu);
+	__s32 ret = (__s32)rd(ctx, &cfg.fpf_ret);
 	if (w.s && vcpu >= 0)
 		w.s->vcpu = vcpu;
 	/* RET_PF_FIXED 5, RET_PF_SPURIOUS 6 -> fast_fixed 7, fast_spurious 8, else fast_not_fixed 9 */

@@ -263,6 +263,25 @@ public static class MetricsRenderer
     private static string ExitReason(ExpositionContext context, uint isa, uint reason) =>
         reason == MetricFamilies.OtherKey ? "other" : context.ExitReasons.Name(isa, reason);
 
+    private static void WriteBpf(MetricWriter w, BpfSelf bpf)
+    {
+        w.Family("kvmobserve_bpf_stats_enabled", "gauge",
+            "1 while the kernel accounts the BPF programs' run time (kernel.bpf_stats_enabled=1, or --bpf-stats true), else 0.");
+        w.Begin("kvmobserve_bpf_stats_enabled").Value(bpf.CostAccounted ? 1L : 0L);
+        w.Family("kvmobserve_bpf_program_runs_total", "counter", "Runs of each of the agent's BPF programs, as the kernel accounts them (while kvmobserve_bpf_stats_enabled is 1).");
+        foreach ((string program, _, ulong runs) in bpf.Programs)
+            w.Begin("kvmobserve_bpf_program_runs_total").Label("program", program).Value((long)runs);
+        w.Family("kvmobserve_bpf_program_run_seconds_total", "counter", "Time the kernel spent running each of the agent's BPF programs: what the bpf source itself costs the guests (while kvmobserve_bpf_stats_enabled is 1).");
+        foreach ((string program, ulong ns, _) in bpf.Programs)
+            w.Begin("kvmobserve_bpf_program_run_seconds_total").Label("program", program).Value(ns / 1e9);
+        w.Family("kvmobserve_bpf_map_full_total", "counter", "Counts the bpf source's in-kernel map had no room for, even under \"other\" (raise --bpf-map-entries).");
+        w.Begin("kvmobserve_bpf_map_full_total").Value(bpf.MapFull);
+        w.Family("kvmobserve_bpf_thread_state_full_total", "counter", "Events whose thread found no room in the in-kernel thread-state map (their latency pairing and halt poll window were skipped).");
+        w.Begin("kvmobserve_bpf_thread_state_full_total").Value(bpf.StateFull);
+        w.Family("kvmobserve_bpf_wakeups_total", "counter", "Times the bpf source woke to look for new threads in its maps (its only periodic work besides scrapes).");
+        w.Begin("kvmobserve_bpf_wakeups_total").Value(bpf.Wakeups);
+    }
+
     private static void WriteSelfMetrics(MetricWriter w, ExpositionContext context)
     {
         Aggregator aggregator = context.Aggregator;
@@ -314,6 +333,9 @@ public static class MetricsRenderer
         w.Family("kvmobserve_read_bytes_total", "counter", "Bytes read from the kernel, by CPU.");
         foreach (Shard shard in aggregator.Shards)
             w.Begin("kvmobserve_read_bytes_total").Label("source", source).Label("cpu", shard.Cpu).Value(shard.BytesRead);
+
+        if (context.Bpf?.Invoke() is BpfSelf bpf)
+            WriteBpf(w, bpf);
 
         w.Family("kvmobserve_tracepoint_info", "gauge", "Each tracepoint the agent knows: present in this kernel, enabled by the agent.");
         foreach (TracepointRow row in context.Tracepoints)

@@ -7,7 +7,8 @@ namespace KvmObserve.Workload;
 /// <code>
 /// {"vms":[{"name":"load-0","pid":123,"vcpus":[{"vcpu":0,"tid":124,"pio":{"0x3f8/out":1000},"mmio":{...},
 ///   "msr":{"0x10/read":1000},"cpuid":{"0x0":1000},"userspace_exits":{"IO":1000,"MMIO":1},"halts":0,
-///   "interrupts":0,"pages_touched":0,"guest_steal_ns":0}]}]}
+///   "interrupts":0,"pages_touched":0,"guest_steal_ns":0,
+///   "kernel_stats":{"halt_wakeup":0,...}}]}]} (kernel_stats: KVM's own counters; a histogram as its total count)
 /// </code>
 /// </summary>
 public static class LoadReportJson
@@ -33,6 +34,7 @@ public static class LoadReportJson
             w.WriteNumber("interrupts", v.Interrupts);
             w.WriteNumber("pages_touched", v.PagesTouched);
             w.WriteNumber("guest_steal_ns", v.GuestStealNs);
+            WriteMap(w, "kernel_stats", v.KernelStats);
             w.WriteEndObject();
         }
         w.WriteEndArray();

@@ -50,6 +50,20 @@ internal sealed unsafe class MicroVcpu : IDisposable
 
     public int Index { get; }
 
+    /// <summary>The kernel's binary stats of this vCPU (KVM_GET_STATS_FD); empty where the
+    /// kernel does not offer them.</summary>
+    public IReadOnlyDictionary<string, ulong> KernelStats()
+    {
+        try
+        {
+            return KvmStats.Read(_fd);
+        }
+        catch (NativeErrorException)
+        {
+            return new Dictionary<string, ulong>();
+        }
+    }
+
     private void EnableX2Apic()
     {
         byte* msrs = stackalloc byte[8 + sizeof(KvmMsrEntry)];

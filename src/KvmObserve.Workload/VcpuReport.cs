@@ -34,6 +34,10 @@ public sealed class VcpuReport
     /// <summary>Steal time KVM wrote into the guest's kvm_steal_time struct by the end of the run (ns; -1: not enabled).</summary>
     public long GuestStealNs { get; set; } = -1;
 
+    /// <summary>The kernel's own counts for this vCPU at the end of the run (KVM binary stats: halt_wakeup,
+    /// halt_successful_poll, exits, ...), as KVM keeps them whatever observes it; empty where the kernel has none.</summary>
+    public SortedDictionary<string, long> KernelStats { get; } = new(StringComparer.Ordinal);
+
     internal static void Add(SortedDictionary<string, long> map, string key, long n) =>
         map[key] = map.GetValueOrDefault(key) + n;
 }

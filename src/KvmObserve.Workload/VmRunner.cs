@@ -85,6 +85,8 @@ public static class VmRunner
         while (options.Duration is TimeSpan d && stopwatch.Elapsed < d);
         if (vcpu.StealTimeEnabled)
             report.GuestStealNs = (long)vcpu.GuestStealNs;
+        foreach ((string name, ulong value) in vcpu.KernelStats())
+            report.KernelStats[name] = (long)value;
         long interrupts = (long)vm.ReadGuestU64(GuestLayout.InterruptCounter(vcpu.Index));
         report.Interrupts = interrupts;
         if (interrupts > 0)

@@ -11,7 +11,7 @@ namespace KvmObserve.KernelTests;
 public sealed class DeployTests
 {
     internal static readonly string Repo = FindRepo();
-    private static readonly string[] Documented = ["DAC_OVERRIDE", "PERFMON", "SYS_PTRACE"];
+    private static readonly string[] Documented = ["BPF", "DAC_OVERRIDE", "PERFMON", "SYS_PTRACE"];
 
     private static string FindRepo()
     {
@@ -137,6 +137,7 @@ public sealed class DeployTests
     [InlineData("tracefs")]
     [InlineData("perf")]
     [InlineData("perf-count")]
+    [InlineData("bpf")]
     public void As_nobody_with_the_documented_capabilities_every_source_serves_its_metrics(string source)
     {
         Assert.True(File.Exists("/usr/bin/setpriv"), "setpriv missing (util-linux)");

@@ -25,7 +25,7 @@ public sealed class ConfigurationTests : IDisposable
         { ["--listen", "nowhere"], "", "kvmobserve: --listen: 'nowhere' is not HOST:PORT (e.g. 127.0.0.1:9632)" },
         { ["--listen", "myhost:80"], "", "kvmobserve: --listen: 'myhost' is not an IP address (e.g. 127.0.0.1, 0.0.0.0, [::1])" },
         // kind: one of a set
-        { ["--source", "ebpf"], "", "kvmobserve: --source: 'ebpf' is not one of auto, tracefs, perf, perf-count, replay" },
+        { ["--source", "ebpf"], "", "kvmobserve: --source: 'ebpf' is not one of auto, bpf, tracefs, perf, perf-count, replay" },
         { ["--otlp-protocol", "udp"], "", "kvmobserve: --otlp-protocol: 'udp' is not one of grpc, http/protobuf" },
         // kind: list of a set
         { ["--metrics", "exits,ports"], "", "kvmobserve: --metrics: 'ports' is not one of all, exits, userspace_exits, pio, mmio, msr, cpuid, emulated_instructions, injected_exceptions, halt, mmu_page_faults, mmu_events" },

@@ -4,23 +4,41 @@ namespace KvmObserve.Tests;
 
 public class SourceSelectionTests
 {
-    private static readonly HostCapabilities Everything = new("/sys/kernel/tracing", null, null);
-    private static readonly HostCapabilities NoPerf = new("/sys/kernel/tracing", null, "Permission denied (errno 13)");
+    private const string NoBpfObject = "probes/kvmobserve.bpf.o is missing";
+    private static readonly HostCapabilities Everything = new("/sys/kernel/tracing", null, null, null);
+    private static readonly HostCapabilities NoBpf = new("/sys/kernel/tracing", null, null, NoBpfObject);
+    private static readonly HostCapabilities NoPerf = new("/sys/kernel/tracing", null, "Permission denied (errno 13)", NoBpfObject);
+
+    [Fact]
+    public void Auto_prefers_the_bpf_programs_for_every_metric_where_they_load()
+    {
+        (string source, string reason) = SourceSelection.Choose("auto", MetricSelection.All, Everything);
+        Assert.Equal("bpf", source);
+        Assert.Contains("in the kernel", reason);
+    }
+
+    [Fact]
+    public void Bpf_requested_where_it_cannot_load_is_an_error_naming_why()
+    {
+        var e = Assert.Throws<InvalidOperationException>(() => SourceSelection.Choose("bpf", MetricSelection.All, NoBpf));
+        Assert.Equal($"--source bpf: {NoBpfObject}", e.Message);
+    }
 
     [Fact]
     public void Auto_counts_in_the_kernel_when_every_metric_is_a_plain_count()
     {
-        (string source, string reason) = SourceSelection.Choose("auto", ["exits", "userspace_exits", "halt"], Everything);
+        (string source, string reason) = SourceSelection.Choose("auto", ["exits", "userspace_exits", "halt"], NoBpf);
         Assert.Equal("perf-count", source);
         Assert.Contains("plain count", reason);
+        Assert.StartsWith($"BPF cannot run here ({NoBpfObject})", reason);
     }
 
     [Fact]
     public void Auto_streams_records_when_a_metric_learns_keys_from_them()
     {
-        (string source, string reason) = SourceSelection.Choose("auto", MetricSelection.All, Everything);
+        (string source, string reason) = SourceSelection.Choose("auto", MetricSelection.All, NoBpf);
         Assert.Equal("tracefs", source);
-        Assert.StartsWith("pio,mmio,msr,cpuid need records", reason);
+        Assert.Contains("; pio,mmio,msr,cpuid need records", reason);
     }
 
     [Fact]

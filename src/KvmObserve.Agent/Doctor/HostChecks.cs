@@ -4,6 +4,7 @@ using KvmObserve.Decoding.Events;
 using KvmObserve.Native;
 using KvmObserve.Native.Kvm;
 using KvmObserve.Sources;
+using KvmObserve.Sources.Bpf;
 using KvmObserve.Sources.Tracefs;
 using KvmObserve.Workload;
 
@@ -36,10 +37,30 @@ internal static class HostChecks
             : new Finding(Verdict.Warn, "perf_event_open", KernelProbes.ErrorText(perf), "perf sources cannot run (needs CAP_PERFMON or perf_event_paranoid <= -1)");
         foreach (Finding f in Sources())
             yield return f;
-        int bpf = KernelProbes.TryBpfMap();
-        yield return bpf == 0
-            ? new Finding(Verdict.Ok, "bpf", "a BPF map was created", "in-kernel aggregation is possible")
-            : new Finding(Verdict.Warn, "bpf", KernelProbes.ErrorText(bpf), "no in-kernel aggregation (needs CAP_BPF and CAP_PERFMON)");
+        foreach (Finding f in Bpf(root))
+            yield return f;
+    }
+
+    /// <summary>The bpf source: a BPF map at all, then its own programs loaded by the kernel's verifier (and released),
+    /// and whether the kernel accounts their run time.</summary>
+    private static IEnumerable<Finding> Bpf(string root)
+    {
+        int map = KernelProbes.TryBpfMap();
+        if (map != 0)
+        {
+            yield return new Finding(Verdict.Warn, "bpf", KernelProbes.ErrorText(map), "no in-kernel aggregation (needs CAP_BPF and CAP_PERFMON)");
+            yield break;
+        }
+        string? problem = BpfSource.Probe(root);
+        yield return problem is null
+            ? new Finding(Verdict.Ok, "bpf", $"{Path.GetFileName(BpfOptions.DefaultObjectPath)}: every program loaded and verified", "the bpf source can run (auto picks it)")
+            : new Finding(Verdict.Warn, "bpf", problem, "auto falls back to perf-count or tracefs");
+        if (problem is null)
+        {
+            bool stats = KvmObserve.Native.Bpf.BpfProgramStats.SysctlEnabled();
+            yield return new Finding(stats ? Verdict.Ok : Verdict.Info, "bpf run-time stats", stats ? "kernel.bpf_stats_enabled = 1" : "off",
+                stats ? "kvmobserve_bpf_program_run_seconds_total is counted" : "sysctl kernel.bpf_stats_enabled=1, or run with --bpf-stats true, to see what the programs cost");
+        }
     }
 
     /// <summary>What `run --source auto` would pick, with every metric group and with plain counts only, and the fd

@@ -19,7 +19,7 @@ public static class Settings
     public static readonly Setting Listen = new("Listen", "--listen", AgentOptionsDefaults.Listen,
         "HOST:PORT for /metrics. 9632 was marked free on Prometheus's default port allocations list (exporters, 9100-9999)");
     public static readonly Setting Source = new("Source", "--source", AgentOptionsDefaults.Source,
-        "Where events come from: auto, tracefs, perf, perf-count");
+        "Where events come from: auto, bpf, tracefs, perf, perf-count");
     public static readonly Setting Metrics = new("Metrics", "--metrics", AgentOptionsDefaults.Metrics,
         "Metric groups to collect: all, or a comma-separated list of " + string.Join(", ", KvmObserve.Sources.MetricSelection.All));
     public static readonly Setting SeriesLimit = new("SeriesLimit", "--series-limit", "10000",
@@ -58,11 +58,16 @@ public static class Settings
     public static readonly Setting Replay = new("Replay", "--replay", "",
         "A flight recording to replay at its own pace as --source replay (demos, dashboards and rule tests without live VMs)");
 
+    public static readonly Setting BpfMapEntries = new("Bpf:MapEntries", "--bpf-map-entries", "32768",
+        "bpf source: entries of the in-kernel counts map (one per thread, family and key); past it, keys count under \"other\"");
+    public static readonly Setting BpfStats = new("Bpf:Stats", "--bpf-stats", "false",
+        "bpf source: have the kernel account the programs' run time while the agent runs (BPF_ENABLE_STATS: two clock reads more per program run)");
+
     public static readonly IReadOnlyList<Setting> All =
     [
         Listen, Source, Metrics, SeriesLimit, TopK, VmGrace, BufferKb, WakeupPercent, DiscoveryInterval, WebConfig,
         OtlpEndpoint, OtlpProtocol, OtlpHeaders, OtlpInterval, OtlpTimeout, StormFloor, StormFactor, FlightRecorder,
-        FlightRecorderSeconds, Replay,
+        FlightRecorderSeconds, Replay, BpfMapEntries, BpfStats,
     ];
 }
 

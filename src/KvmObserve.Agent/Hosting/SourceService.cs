@@ -3,6 +3,7 @@ using KvmObserve.Aggregation.Discovery;
 using KvmObserve.Exposition;
 using KvmObserve.Native;
 using KvmObserve.Sources;
+using KvmObserve.Sources.Bpf;
 using KvmObserve.Sources.Perf;
 using KvmObserve.Sources.PerfCount;
 using KvmObserve.Sources.Recording;
@@ -29,7 +30,8 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
 
     public IEventSource? Source => _source;
 
-    /// <summary>tracefs (found or mounted) and whether perf_event_open opens a kvm tracepoint here.</summary>
+    /// <summary>tracefs (found or mounted), whether perf_event_open opens a kvm tracepoint here, and whether the BPF
+    /// programs load (loaded and released at once).</summary>
     public static HostCapabilities Probe(bool mountIfNeeded)
     {
         string? root = TracefsLocator.Find(mountIfNeeded, out string? tracefsProblem);
@@ -42,11 +44,13 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
             else if (KernelProbes.TryPerfTracepoint(int.Parse(File.ReadAllText(idFile).Trim(), System.Globalization.CultureInfo.InvariantCulture)) is int errno and not 0)
                 perfProblem = $"{KernelProbes.ErrorText(errno)} (errno {errno}; needs CAP_PERFMON or root, and kernel.perf_event_paranoid)";
         }
-        return new HostCapabilities(root, tracefsProblem, perfProblem);
+        string? bpfProblem = root is null ? "tracefs is needed for the events' formats" : BpfSource.Probe(root);
+        return new HostCapabilities(root, tracefsProblem, perfProblem, bpfProblem);
     }
 
-    public static IEventSource Create(string name, SourceOptions sourceOptions, Aggregator aggregator, string root) => name switch
+    public static IEventSource Create(string name, SourceOptions sourceOptions, Aggregator aggregator, string root, BpfOptions? bpf = null) => name switch
     {
+        "bpf" => new BpfSource(sourceOptions, aggregator, root, bpf),
         "tracefs" => new TracefsSource(sourceOptions, aggregator, root),
         "perf" => new PerfSamplingSource(sourceOptions, aggregator, root, CpuTopology.OnlineCpus()),
         "perf-count" => new PerfCountingSource(sourceOptions, aggregator, root, CpuTopology.OnlineCpus()),
@@ -80,12 +84,15 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
         // Whatever source runs, instances of agents that died are removed (the tracefs source would do it again).
         foreach (string stale in TracefsInstance.RemoveStale(host.TracefsRoot!))
             Log.StaleInstanceRemoved(logger, stale);
-        _source = Create(name, sourceOptions, aggregator, host.TracefsRoot!);
+        _source = Create(name, sourceOptions, aggregator, host.TracefsRoot!,
+            new BpfOptions { MapEntries = options.BpfMapEntries, Stats = options.BpfStats });
         if (_source is PerfCountingSource counting)
             counting.Warn = message => Log.SourceWarning(logger, message);
+        if (_source is BpfSource bpf)
+            bpf.Warn = message => Log.SourceWarning(logger, message);
         if (options.FlightRecorderDirectory is string directory)
         {
-            if (_source is PerfCountingSource)
+            if (_source is PerfCountingSource or BpfSource)
                 Log.SourceWarning(logger, $"--flight-recorder: off, because source {name} counts in the kernel and has no records to keep (use --source tracefs or perf)");
             else
             {
@@ -121,6 +128,9 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
         ExitReasons = source.Decoders.ExitReasons,
         UserspaceExitReasons = source.Decoders.UserspaceExitReasons,
         Unattributed = source.UnattributedOf,
+        Bpf = source is BpfSource bpf
+            ? () => new BpfSelf(bpf.CostAccounted, bpf.ProgramCosts().Select(c => (c.Program, c.RunTimeNs, c.Runs)).ToList(), bpf.MapFull, bpf.StateFull, bpf.Wakeups)
+            : null,
         Schedstat = schedstat,
         Storms = storms,
     };

@@ -57,6 +57,8 @@ public sealed class BpfSource : IEventSource
     private IReadOnlyList<TracepointState> _tracepoints = [];
     private IReadOnlyList<(string Name, int Fd)> _programs = [];
     private DateTime _nextSweep;
+    private Thread? _watcher;
+    private CancellationTokenSource? _stopWatching;
 
     public BpfSource(SourceOptions options, Aggregator aggregator, string tracefsRoot, BpfOptions? bpf = null)
     {
@@ -138,6 +140,9 @@ public sealed class BpfSource : IEventSource
             _nextSweep = DateTime.UtcNow.AddMilliseconds(_options.DiscoveryIntervalMs);
             _refresher = Refresh;
             _aggregator.AddRefresher(_refresher);
+            _stopWatching = new CancellationTokenSource();
+            _watcher = new Thread(Watch) { IsBackground = true, Name = "kvmobserve bpf watcher" };
+            _watcher.Start();
         }
         catch
         {
@@ -224,6 +229,34 @@ public sealed class BpfSource : IEventSource
 
     /// <summary>Whether the kernel is accounting the programs' run time now.</summary>
     public bool CostAccounted => _statsFd is not null || BpfProgramStats.SysctlEnabled();
+
+    /// <summary>Looks at the thread-state map every poll interval (one entry per thread that had an event, far fewer
+    /// than the counts map) and reads the counts as soon as a thread appears there: its series are added at once, so
+    /// the agent names its VM while it still runs, not at the next scrape, after a short-lived VM has gone.</summary>
+    private void Watch()
+    {
+        WaitHandle stop = _stopWatching!.Token.WaitHandle;
+        while (!stop.WaitOne(_options.PollTimeoutMs))
+        {
+            bool fresh = false;
+            lock (_gate)
+            {
+                if (_threads is null)
+                    return;
+                int n = _threads.ReadAll();
+                for (int i = 0; i < n && !fresh; i++)
+                    fresh = !_threadStates.ContainsKey(BitConverter.ToInt32(_threads.Key(i)));
+            }
+            Interlocked.Increment(ref _wakeups);
+            if (fresh)
+                Refresh();
+        }
+    }
+
+    private long _wakeups;
+
+    /// <summary>Times the watcher has woken to look for new threads.</summary>
+    public long Wakeups => Interlocked.Read(ref _wakeups);
 
     /// <summary>Reads the maps and adds what grew since the last read to shard 0's series.</summary>
     public void Refresh()
@@ -347,6 +380,9 @@ public sealed class BpfSource : IEventSource
 
     public void Stop()
     {
+        _stopWatching?.Cancel();
+        _watcher?.Join();
+        _watcher = null;
         if (_refresher is not null)
         {
             _aggregator.RemoveRefresher(_refresher);
@@ -362,6 +398,8 @@ public sealed class BpfSource : IEventSource
             _statsFd?.Dispose();
             _statsFd = null;
         }
+        _stopWatching?.Dispose();
+        _stopWatching = null;
     }
 
     public void Dispose() => Stop();
