@@ -51,6 +51,7 @@ enum stat {
 	S_EXIT_UNMATCHED = 33,  /* a kvm_exit whose kvm_entry never came (another exit came first) */
 	S_EXIT_TOO_LONG = 34,   /* a pair longer than the horizon: not one exit's handling */
 	S_STATE_FULL = 35,      /* a thread the state map could not take */
+	S_NEW_SERIES = 36,      /* series created in kvmo_counts: the agent looks for new threads when it grows */
 	S_SLOTS = 40,
 };
 
@@ -97,20 +98,39 @@ struct key {
 	__u64 label2;
 };
 
-/* What a thread is in the middle of. Touched only by programs running on that thread. */
-struct tstate {
+/* What a thread is in the middle of: an exit being handled, a round trip to user space. Task-local storage: found
+ * from the task itself (no hash lookup on the events that only need to know whether a trip is open) and freed with
+ * the thread. Touched only by programs running on that thread. */
+struct tlocal {
 	__u64 exit_ts;
 	__u32 exit_reason;
 	__u32 exit_isa;
 	__u64 user_ts;
 	__u32 user_reason;
 	__u32 user_class;
+	__u32 vcpu1;        /* vCPU + 1 from the last event that named it (kvm_exit, kvm_entry, page faults); 0: not
+	                     * known (task storage starts zeroed) */
+	__u32 pad;
+};
+
+/* A vCPU thread's halt-polling state, which the agent reads (to classify halts counted before the window was known
+ * here): by tid, in a hash only the halt programs touch. */
+struct tstate {
 	__s64 poll_ns;      /* the halt-poll window now; -1 until a kvm_halt_poll_ns says */
 	__s64 poll_at_halt; /* the window the current halt started with, when it changed during it; -1 otherwise */
 	__s64 first_old;    /* the old value of the thread's first kvm_halt_poll_ns: the window of halts before it */
 	__s32 vcpu;
 	__u32 tgid;
 };
+
+struct task_struct;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct tlocal);
+} kvmo_tasks SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -187,8 +207,10 @@ static __always_inline bool try_add(struct key *k, __u64 v)
 		return true;
 	}
 	long err = bpf_map_update_elem(&kvmo_counts, k, &v, BPF_NOEXIST);
-	if (err == 0)
+	if (err == 0) {
+		stat(S_NEW_SERIES, 1);
 		return true;
+	}
 	if (err == -EEXIST) { /* another CPU made it just now: this CPU's slot is there, zeroed */
 		p = bpf_map_lookup_elem(&kvmo_counts, k);
 		if (p) {
@@ -271,24 +293,30 @@ static __always_inline struct tstate *state(__u32 tid, __u32 tgid)
 	return s;
 }
 
-/* Any event of a thread means it is back in KVM_RUN: its userspace round trip, if one is open, ends here. */
-static __always_inline void end_userspace(struct tstate *s, __u32 tgid, __u32 tid, __u64 now)
+/* The thread's trip state; created only by the programs that open a trip (kvm_exit, kvm_userspace_exit). */
+static __always_inline struct tlocal *local(bool create)
 {
-	if (s->user_ts == 0)
+	return bpf_task_storage_get(&kvmo_tasks, bpf_get_current_task_btf(), 0, create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+}
+
+/* Any event of a thread means it is back in KVM_RUN: its userspace round trip, if one is open, ends here. */
+static __always_inline void end_userspace(struct tlocal *l, __u32 tgid, __u32 tid)
+{
+	if (l->user_ts == 0)
 		return;
-	__u64 ns = now - s->user_ts;
-	s->user_ts = 0;
-	observe(tgid, tid, F_USERSPACE_LATENCY, s->user_reason, s->user_class, ns);
+	__u64 ns = bpf_ktime_get_ns() - l->user_ts;
+	l->user_ts = 0;
+	observe(tgid, tid, F_USERSPACE_LATENCY, l->user_reason, l->user_class, ns);
 }
 
 struct who {
 	__u32 tgid, tid;
-	__u64 now;
-	struct tstate *s;
+	struct tlocal *l;
 };
 
-/* Common start of every program: the filter, the event count, the thread's state (ending its userspace trip). */
-static __always_inline bool begin(struct who *w, __u32 kind)
+/* Common start of every program: the filter, the event count, the thread's trip state (ending its userspace trip).
+ * Programs that open a trip create the state; the others only look (nothing to end on a thread that never opened one). */
+static __always_inline bool begin(struct who *w, __u32 kind, bool create)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	w->tgid = id >> 32;
@@ -296,10 +324,11 @@ static __always_inline bool begin(struct who *w, __u32 kind)
 	if (!wanted(w->tgid))
 		return false;
 	stat(kind, 1);
-	w->now = bpf_ktime_get_ns();
-	w->s = state(w->tid, w->tgid);
-	if (w->s)
-		end_userspace(w->s, w->tgid, w->tid, w->now);
+	w->l = local(create);
+	if (w->l)
+		end_userspace(w->l, w->tgid, w->tid);
+	else if (create)
+		stat(S_STATE_FULL, 1);
 	return true;
 }
 
@@ -307,7 +336,7 @@ SEC("tracepoint/kvm/kvm_exit")
 int kvmo_exit(void *ctx)
 {
 	struct who w;
-	if (!begin(&w, K_EXIT))
+	if (!begin(&w, K_EXIT, true))
 		return 0;
 	__u32 raw = rd(ctx, &cfg.exit_reason);
 	__u32 isa = cfg.exit_isa.size ? (__u32)rd(ctx, &cfg.exit_isa) : cfg.implied_isa;
@@ -319,16 +348,16 @@ int kvmo_exit(void *ctx)
 			count(w.tgid, w.tid, vcpu, F_FAILED_VM_ENTRIES, reason, 0);
 	}
 	count(w.tgid, w.tid, vcpu, F_EXITS, reason, isa);
-	struct tstate *s = w.s;
-	if (!s)
+	struct tlocal *l = w.l;
+	if (!l)
 		return 0;
 	if (vcpu >= 0)
-		s->vcpu = vcpu;
-	if (s->exit_ts != 0)
+		l->vcpu1 = vcpu + 1;
+	if (l->exit_ts != 0)
 		stat(S_EXIT_UNMATCHED, 1);
-	s->exit_ts = w.now;
-	s->exit_reason = reason;
-	s->exit_isa = isa;
+	l->exit_ts = bpf_ktime_get_ns();
+	l->exit_reason = reason;
+	l->exit_isa = isa;
 	return 0;
 }
 
@@ -336,21 +365,19 @@ SEC("tracepoint/kvm/kvm_entry")
 int kvmo_entry(void *ctx)
 {
 	struct who w;
-	if (!begin(&w, K_ENTRY))
+	if (!begin(&w, K_ENTRY, false))
 		return 0;
-	struct tstate *s = w.s;
-	if (!s)
-		return 0;
+	struct tlocal *l = w.l;
+	if (!l || l->exit_ts == 0)
+		return 0; /* no exit of this thread seen since the programs were attached */
 	if (cfg.entry_vcpu.size)
-		s->vcpu = (__s32)rd(ctx, &cfg.entry_vcpu);
-	if (s->exit_ts == 0)
-		return 0; /* the exit came before the programs were attached */
-	__u64 ns = w.now - s->exit_ts;
-	s->exit_ts = 0;
+		l->vcpu1 = (__u32)rd(ctx, &cfg.entry_vcpu) + 1;
+	__u64 ns = bpf_ktime_get_ns() - l->exit_ts;
+	l->exit_ts = 0;
 	if (ns > cfg.horizon_ns)
 		stat(S_EXIT_TOO_LONG, 1);
 	else
-		observe(w.tgid, w.tid, F_EXIT_LATENCY, s->exit_reason, s->exit_isa, ns);
+		observe(w.tgid, w.tid, F_EXIT_LATENCY, l->exit_reason, l->exit_isa, ns);
 	return 0;
 }
 
@@ -358,7 +385,7 @@ SEC("tracepoint/kvm/kvm_userspace_exit")
 int kvmo_uexit(void *ctx)
 {
 	struct who w;
-	if (!begin(&w, K_USERSPACE_EXIT))
+	if (!begin(&w, K_USERSPACE_EXIT, true))
 		return 0;
 	__u32 reason = rd(ctx, &cfg.uexit_reason);
 	__s32 err = (__s32)rd(ctx, &cfg.uexit_errno);
@@ -367,10 +394,10 @@ int kvmo_uexit(void *ctx)
 	if (cls)
 		reason = 0;
 	count(w.tgid, w.tid, NO_VCPU, F_USERSPACE_EXITS, reason, cls);
-	if (w.s) {
-		w.s->user_ts = w.now;
-		w.s->user_reason = reason;
-		w.s->user_class = cls;
+	if (w.l) {
+		w.l->user_ts = bpf_ktime_get_ns();
+		w.l->user_reason = reason;
+		w.l->user_class = cls;
 	}
 	return 0;
 }
@@ -379,7 +406,7 @@ SEC("tracepoint/kvm/kvm_pio")
 int kvmo_pio(void *ctx)
 {
 	struct who w;
-	if (!begin(&w, K_PIO))
+	if (!begin(&w, K_PIO, false))
 		return 0;
 	count(w.tgid, w.tid, NO_VCPU, F_PIO, rd(ctx, &cfg.pio_port), rd(ctx, &cfg.pio_rw) ? 1 : 0);
 	return 0;
@@ -389,7 +416,7 @@ SEC("tracepoint/kvm/kvm_mmio")
 int kvmo_mmio(void *ctx)
 {
 	struct who w;
-	if (!begin(&w, K_MMIO))
+	if (!begin(&w, K_MMIO, false))
 		return 0;
 	count(w.tgid, w.tid, NO_VCPU, F_MMIO, rd(ctx, &cfg.mmio_type), rd(ctx, &cfg.mmio_gpa) >> 12);
 	return 0;
@@ -399,7 +426,7 @@ SEC("tracepoint/kvm/kvm_msr")
 int kvmo_msr(void *ctx)
 {
 	struct who w;
-	if (!begin(&w, K_MSR))
+	if (!begin(&w, K_MSR, false))
 		return 0;
 	count(w.tgid, w.tid, NO_VCPU, F_MSR, rd(ctx, &cfg.msr_ecx), rd(ctx, &cfg.msr_write) ? 1 : 0);
 	return 0;
@@ -409,7 +436,7 @@ SEC("tracepoint/kvm/kvm_cpuid")
 int kvmo_cpuid(void *ctx)
 {
 	struct who w;
-	if (!begin(&w, K_CPUID))
+	if (!begin(&w, K_CPUID, false))
 		return 0;
 	count(w.tgid, w.tid, NO_VCPU, F_CPUID, rd(ctx, &cfg.cpuid_function), 0);
 	return 0;
@@ -419,7 +446,7 @@ SEC("tracepoint/kvm/kvm_emulate_insn")
 int kvmo_emulate(void *ctx)
 {
 	struct who w;
-	if (!begin(&w, K_EMULATE))
+	if (!begin(&w, K_EMULATE, false))
 		return 0;
 	count(w.tgid, w.tid, NO_VCPU, F_EMULATED, 0, 0);
 	return 0;
@@ -429,7 +456,7 @@ SEC("tracepoint/kvm/kvm_inj_exception")
 int kvmo_inj_exc(void *ctx)
 {
 	struct who w;
-	if (!begin(&w, K_INJECTED))
+	if (!begin(&w, K_INJECTED, false))
 		return 0;
 	count(w.tgid, w.tid, NO_VCPU, F_INJECTED, rd(ctx, &cfg.inj_exception), 0);
 	return 0;
@@ -447,19 +474,20 @@ SEC("tracepoint/kvm/kvm_vcpu_wakeup")
 int kvmo_wakeup(void *ctx)
 {
 	struct who w;
-	if (!begin(&w, K_WAKEUP))
+	if (!begin(&w, K_WAKEUP, false))
 		return 0;
 	__u64 ns = rd(ctx, &cfg.wake_ns);
 	bool waited = rd(ctx, &cfg.wake_waited) & 0xff;
 	__s64 poll = -1;
-	__s32 vcpu = NO_VCPU;
-	struct tstate *s = w.s;
+	__s32 vcpu = w.l ? (__s32)w.l->vcpu1 - 1 : NO_VCPU;
+	struct tstate *s = state(w.tid, w.tgid);
 	if (s) {
 		/* A change made as this halt ended was traced just before it: its old value is the window the halt
 		 * started with; without one, the window is the one the last change left. */
 		poll = s->poll_at_halt >= 0 ? s->poll_at_halt : s->poll_ns;
 		s->poll_at_halt = -1;
-		vcpu = s->vcpu;
+		if (s->vcpu >= 0)
+			vcpu = s->vcpu;
 	}
 	/* Not known here (no kvm_halt_poll_ns of the thread yet): the agent classifies it once it knows the window. */
 	__u32 label = poll < 0 ? UNKNOWN_WINDOW | waited : outcome(waited, poll);
@@ -472,11 +500,11 @@ SEC("tracepoint/kvm/kvm_halt_poll_ns")
 int kvmo_halt_poll(void *ctx)
 {
 	struct who w;
-	if (!begin(&w, K_HALT_POLL))
+	if (!begin(&w, K_HALT_POLL, false))
 		return 0;
 	__s32 vcpu = (__s32)rd(ctx, &cfg.poll_vcpu);
 	__s64 old = (__u32)rd(ctx, &cfg.poll_old);
-	struct tstate *s = w.s;
+	struct tstate *s = state(w.tid, w.tgid);
 	if (s) {
 		s->vcpu = vcpu;
 		if (s->first_old < 0)
@@ -506,11 +534,11 @@ SEC("tracepoint/kvm/kvm_page_fault")
 int kvmo_page_fault(void *ctx)
 {
 	struct who w;
-	if (!begin(&w, K_PAGE_FAULT))
+	if (!begin(&w, K_PAGE_FAULT, false))
 		return 0;
 	__s32 vcpu = cfg.pf_vcpu.size ? (__s32)rd(ctx, &cfg.pf_vcpu) : NO_VCPU;
-	if (w.s && vcpu >= 0)
-		w.s->vcpu = vcpu;
+	if (w.l && vcpu >= 0)
+		w.l->vcpu1 = vcpu + 1;
 	count(w.tgid, w.tid, vcpu, F_MMU_PAGE_FAULTS, fault_kind(rd(ctx, &cfg.pf_error)), 0);
 	return 0;
 }
@@ -519,12 +547,12 @@ SEC("tracepoint/kvmmmu/fast_page_fault")
 int kvmo_fast_pf(void *ctx)
 {
 	struct who w;
-	if (!begin(&w, K_FAST_PAGE_FAULT))
+	if (!begin(&w, K_FAST_PAGE_FAULT, false))
 		return 0;
 	__s32 vcpu = (__s32)rd(ctx, &cfg.fpf_vcpu);
 	__s32 ret = (__s32)rd(ctx, &cfg.fpf_ret);
-	if (w.s && vcpu >= 0)
-		w.s->vcpu = vcpu;
+	if (w.l && vcpu >= 0)
+		w.l->vcpu1 = vcpu + 1;
 	/* RET_PF_FIXED 5, RET_PF_SPURIOUS 6 -> fast_fixed 7, fast_spurious 8, else fast_not_fixed 9 */
 	__u32 kind = ret == 5 ? 7 : ret == 6 ? 8 : 9;
 	count(w.tgid, w.tid, vcpu, F_MMU_PAGE_FAULTS, kind, 0);
@@ -537,7 +565,7 @@ int kvmo_mmu(void *ctx)
 {
 	__u32 kind = (__u32)bpf_get_attach_cookie(ctx);
 	struct who w;
-	if (kind == 0 || kind >= 32 || !begin(&w, kind))
+	if (kind == 0 || kind >= 32 || !begin(&w, kind, false))
 		return 0;
 	count(w.tgid, w.tid, NO_VCPU, F_MMU_EVENTS, kind, 0);
 	return 0;

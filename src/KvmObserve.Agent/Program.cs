@@ -6,5 +6,6 @@ root.Subcommands.Add(RunCommand.Create());
 root.Subcommands.Add(LoadCommand.Create());
 root.Subcommands.Add(DoctorCommand.Create());
 root.Subcommands.Add(ReplayCommand.Create());
+root.Subcommands.Add(OverheadCommand.Create());
 RunCommand.AddTo(root); // `kvmobserve` alone runs the agent
 return await root.Parse(args).InvokeAsync();

@@ -101,8 +101,15 @@ public sealed partial class Agent : IDisposable
         _process.WaitForExit();
     }
 
+    private bool _disposed;
+
+    /// <summary>Stops the agent if it still runs (also after a failed assertion: no agent may outlive its test, with
+    /// its probes in the kernel). Safe to call twice.</summary>
     public void Dispose()
     {
+        if (_disposed)
+            return;
+        _disposed = true;
         if (!_process.HasExited)
         {
             Syscall.Kill(_process.Id, 15);

@@ -1,14 +1,15 @@
 namespace KvmObserve.KernelTests;
 
-/// <summary>No tracefs instance or enabled event outlives the agent: not after a clean stop, nor after SIGKILL once
-/// the next agent has started and stopped.</summary>
+/// <summary>No tracefs instance, enabled event, BPF program, map or link outlives the agent: not after a clean stop,
+/// nor after SIGKILL (the BPF objects are held by the process's fds and go with it; a tracefs instance is removed once
+/// the next agent has started and stopped).</summary>
 public class CleanupTests
 {
     [KernelFact(Kvm = false)]
     public void A_clean_stop_leaves_nothing()
     {
         string before = KernelState.GlobalEnabledEvents();
-        var agent = Agent.Start();
+        using var agent = Agent.Start("--source", "tracefs");
         int pid = agent.Pid;
         Assert.Single(KernelState.InstancesOf(pid));
         Assert.Equal(0, agent.Stop());
@@ -20,13 +21,13 @@ public class CleanupTests
     [KernelFact(Kvm = false)]
     public void After_sigkill_the_next_start_removes_the_stale_instance()
     {
-        var killed = Agent.Start();
+        using var killed = Agent.Start("--source", "tracefs");
         int deadPid = killed.Pid;
         killed.KillHard();
         killed.Dispose();
         Assert.Single(KernelState.InstancesOf(deadPid)); // what a crash leaves
 
-        using (var next = Agent.Start())
+        using (var next = Agent.Start("--source", "tracefs"))
         {
             Assert.Empty(KernelState.InstancesOf(deadPid));
             Assert.Contains(next.Log, l => l.Contains($"kvmobserve-{deadPid}"));
@@ -34,6 +35,30 @@ public class CleanupTests
             Assert.Empty(KernelState.InstancesOf(next.Pid));
         }
         Assert.Equal("", KernelState.GlobalEnabledEvents());
+    }
+
+    [KernelTheory(Kvm = false)]
+    [InlineData(15)]
+    [InlineData(9)]
+    public void The_bpf_source_leaves_no_program_map_or_link_after_sigterm_or_sigkill(int signal)
+    {
+        if (KernelState.Bpftool is null)
+        {
+            Assert.True(Environment.GetEnvironmentVariable("CI") != "true", "bpftool is missing (apt-get install bpftool)");
+            return; // a developer machine without bpftool: nothing lists the kernel's BPF objects here
+        }
+        Assert.Equal("", KernelState.WaitForNoAgentBpf()); // nothing of an earlier test
+        using var agent = Agent.Start("--source", "bpf");
+        var (programs, maps, links) = KernelState.AgentBpf();
+        Assert.Contains(programs, p => p.StartsWith("kvmo_exit ", StringComparison.Ordinal));
+        Assert.Contains(maps, m => m.StartsWith("kvmo_counts ", StringComparison.Ordinal));
+        Assert.True(links.Count >= 10, $"{links.Count} links: {string.Join(", ", links)}");
+        if (signal == 9)
+            agent.KillHard();
+        else
+            Assert.Equal(0, agent.Stop());
+        agent.Dispose();
+        Assert.Equal("", KernelState.WaitForNoAgentBpf());
     }
 
     [KernelFact(Kvm = false)]

@@ -148,9 +148,14 @@ public sealed class ServiceTests : IDisposable
         string before = KernelState.GlobalEnabledEvents();
         var receiver = OtlpSink.Start();
         // An interval far longer than the test: the only export is the one made on the way out.
-        var agent = Agent.Start("--otlp-endpoint", $"http://127.0.0.1:{receiver.Port}", "--otlp-protocol", "http/protobuf", "--otlp-interval", "1h");
+        // The source auto picks (bpf here): its programs, maps and links are the kernel state to remove.
+        using var agent = Agent.Start("--otlp-endpoint", $"http://127.0.0.1:{receiver.Port}", "--otlp-protocol", "http/protobuf", "--otlp-interval", "1h");
         int pid = agent.Pid;
-        Assert.Single(KernelState.InstancesOf(pid));
+        bool bpf = agent.Scrape().Sum("kvmobserve_source_info", ("source", "bpf")) == 1;
+        if (bpf)
+            Assert.NotEmpty(KernelState.AgentBpf().Programs);
+        else
+            Assert.Single(KernelState.InstancesOf(pid));
         var sw = Stopwatch.StartNew();
         Assert.Equal(0, agent.Stop());
         double seconds = sw.Elapsed.TotalSeconds;
@@ -160,6 +165,8 @@ public sealed class ServiceTests : IDisposable
         receiver.Dispose();
         Assert.Empty(KernelState.InstancesOf(pid));
         Assert.Equal(before, KernelState.GlobalEnabledEvents());
+        if (bpf)
+            Assert.Equal("", KernelState.WaitForNoAgentBpf());
     }
 
     /// <summary>Counts http/protobuf posts; enough to see the final export arrive.</summary>

@@ -1,6 +1,7 @@
 using KvmObserve.Aggregation;
 using KvmObserve.Aggregation.Discovery;
 using KvmObserve.Sources;
+using KvmObserve.Sources.Bpf;
 using KvmObserve.Sources.Perf;
 using KvmObserve.Sources.PerfCount;
 using KvmObserve.Sources.Tracefs;
@@ -8,7 +9,7 @@ using KvmObserve.Sources.Tracefs;
 namespace KvmObserve.KernelTests;
 
 /// <summary>Each source started and stopped 100 times in this process: no fd (perf events, rings, trace_pipe_raw,
-/// eventfds) and no tracefs instance may be left over.</summary>
+/// eventfds, BPF programs, maps and links) and no tracefs instance may be left over.</summary>
 public class SourceCycleTests
 {
     private static int OpenFds() => Directory.GetFileSystemEntries("/proc/self/fd").Length;
@@ -19,7 +20,8 @@ public class SourceCycleTests
         try
         {
             string target = new FileInfo(fd).LinkTarget ?? "";
-            return target is "anon_inode:[perf_event]" or "anon_inode:[eventfd]" || target.Contains("/tracing/");
+            return target is "anon_inode:[perf_event]" or "anon_inode:[eventfd]" || target.Contains("/tracing/")
+                || target.StartsWith("anon_inode:bpf", StringComparison.Ordinal); // bpf-prog, bpf-map, bpf_link
         }
         catch (IOException) { return false; }
     });
@@ -28,6 +30,7 @@ public class SourceCycleTests
     [InlineData("tracefs")]
     [InlineData("perf")]
     [InlineData("perf-count")]
+    [InlineData("bpf")]
     public void Hundred_start_stop_cycles_leak_no_fd(string name)
     {
         string root = TracefsLocator.Find(mountIfNeeded: true, out string? problem) ?? throw new InvalidOperationException(problem);
@@ -39,6 +42,7 @@ public class SourceCycleTests
         {
             "tracefs" => new TracefsSource(options, aggregator, root),
             "perf" => new PerfSamplingSource(options, aggregator, root, CpuTopology.OnlineCpus()),
+            "bpf" => new BpfSource(options, aggregator, root),
             _ => new PerfCountingSource(options, aggregator, root, CpuTopology.OnlineCpus()),
         };
 

@@ -102,6 +102,16 @@ public sealed unsafe class BpfMap
         return n;
     }
 
+    /// <summary>One entry's value into <paramref name="value"/> (a per-CPU map: every possible CPU's); false when absent.</summary>
+    public bool TryLookup(ReadOnlySpan<byte> key, Span<byte> value)
+    {
+        if (key.Length != KeySize || value.Length < ValueStride)
+            throw new ArgumentException("key or value buffer of the wrong size");
+        fixed (byte* k = key)
+        fixed (byte* v = value)
+            return Libbpf.MapLookup(_fd, k, v) == 0;
+    }
+
     public void Delete(ReadOnlySpan<byte> key)
     {
         fixed (byte* k = key)

@@ -94,13 +94,14 @@ public static class BpfLayout
     public const uint UnknownWindow = 0x100;
 
     /// <summary>struct tstate of kvmo_threads (keyed by tid).</summary>
-    public const int ThreadStateSize = 64;
+    public const int ThreadStateSize = 32;
 
+    /// <summary>struct tstate: poll_ns, poll_at_halt, first_old, vcpu, tgid.</summary>
     public static (long PollNs, long FirstOld, int Vcpu) ReadThreadState(ReadOnlySpan<byte> v) =>
-        (BinaryPrimitives.ReadInt64LittleEndian(v[32..]), BinaryPrimitives.ReadInt64LittleEndian(v[48..]),
-         BinaryPrimitives.ReadInt32LittleEndian(v[56..]));
+        (BinaryPrimitives.ReadInt64LittleEndian(v), BinaryPrimitives.ReadInt64LittleEndian(v[16..]),
+         BinaryPrimitives.ReadInt32LittleEndian(v[24..]));
 
     /// <summary>Slots of kvmo_stats: 1..31 events by KvmEventKind, then what the programs dropped.</summary>
     public const int StatSlots = 40;
-    public const int StatMapFull = 32, StatExitUnmatched = 33, StatExitTooLong = 34, StatStateFull = 35;
+    public const int StatMapFull = 32, StatExitUnmatched = 33, StatExitTooLong = 34, StatStateFull = 35, StatNewSeries = 36;
 }

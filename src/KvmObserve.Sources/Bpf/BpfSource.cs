@@ -230,26 +230,30 @@ public sealed class BpfSource : IEventSource
     /// <summary>Whether the kernel is accounting the programs' run time now.</summary>
     public bool CostAccounted => _statsFd is not null || BpfProgramStats.SysctlEnabled();
 
-    /// <summary>Looks at the thread-state map every poll interval (one entry per thread that had an event, far fewer
-    /// than the counts map) and reads the counts as soon as a thread appears there: its series are added at once, so
-    /// the agent names its VM while it still runs, not at the next scrape, after a short-lived VM has gone.</summary>
+    /// <summary>Looks every poll interval at one counter the programs bump when they create a series (a new thread,
+    /// a new key), and reads the maps at once when it grew: a new thread's series are added then, so the agent names
+    /// its VM while it still runs, not at the next scrape, after a short-lived VM has gone.</summary>
     private void Watch()
     {
         WaitHandle stop = _stopWatching!.Token.WaitHandle;
+        byte[] key = BitConverter.GetBytes(BpfLayout.StatNewSeries);
+        var value = new byte[8 * BpfMap.PossibleCpus];
+        long seen = 0;
         while (!stop.WaitOne(_options.PollTimeoutMs))
         {
-            bool fresh = false;
+            long created;
             lock (_gate)
             {
-                if (_threads is null)
+                if (_statsMap is null)
                     return;
-                int n = _threads.ReadAll();
-                for (int i = 0; i < n && !fresh; i++)
-                    fresh = !_threadStates.ContainsKey(BitConverter.ToInt32(_threads.Key(i)));
+                created = _statsMap.TryLookup(key, value) ? BpfMap.SumPerCpu(value) : 0;
             }
             Interlocked.Increment(ref _wakeups);
-            if (fresh)
+            if (created != seen)
+            {
+                seen = created;
                 Refresh();
+            }
         }
     }
 

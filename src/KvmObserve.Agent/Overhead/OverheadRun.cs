@@ -1,0 +1,151 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using KvmObserve.Workload;
+
+namespace KvmObserve.Agent.Overhead;
+
+/// <summary>What one arm measured over every round.</summary>
+public sealed class ArmResult(string name)
+{
+    public string Name { get; } = name;
+
+    /// <summary>Round-trip time per exit of each round (ns).</summary>
+    public List<double> PerExitNs { get; } = new();
+
+    /// <summary>The observer's own CPU time per exit of each round (ns; empty where not its cost).</summary>
+    public List<double> CpuPerExitNs { get; } = new();
+
+    /// <summary>Events of the driven kind the observer reported seeing, per round.</summary>
+    public List<long> Observed { get; } = new();
+
+    public double Median => Stats.Median(PerExitNs);
+
+    /// <summary>ns added per exit: the median over rounds of this arm's time minus no probes' time in the same round
+    /// (runs seconds apart): the machine's drift between rounds cancels.</summary>
+    public double AddedOver(ArmResult baseline) =>
+        Stats.Median(PerExitNs.Zip(baseline.PerExitNs, (a, b) => a - b).ToList());
+    public double Min => PerExitNs.Min();
+    public double Max => PerExitNs.Max();
+}
+
+public static class Stats
+{
+    public static double Median(IReadOnlyCollection<double> values)
+    {
+        if (values.Count == 0)
+            return double.NaN;
+        double[] sorted = values.Order().ToArray();
+        int mid = sorted.Length / 2;
+        return sorted.Length % 2 == 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+    }
+}
+
+/// <summary>
+/// `kvmobserve overhead`: what observing costs the guests. Runs the built-in micro-VM in one mode (one vCPU, pinned)
+/// and measures its round trip per exit with no probes, with each chosen source of the agent (in its own process, as
+/// users run it), and with each reference observer of the same tracepoints (a plain drain, perf stat, bpftrace),
+/// interleaved: every round runs every arm once, starting at a different arm each round, so the machine's drift
+/// spreads over all of them. Medians over the rounds; added ns per exit are each arm's median minus no probes'.
+/// </summary>
+public sealed class OverheadRun(LoadMode mode, uint count, int rounds, IReadOnlyList<Func<IObserver>> arms, TextWriter log)
+{
+    public List<ArmResult> Results { get; } = new();
+
+    public void Run()
+    {
+        var options = new LoadOptions { Modes = mode, Count = count, Vcpus = 1, Pin = true, Name = "overhead" };
+        string phase = mode.ToString().ToLowerInvariant();
+        var warmup = new LoadOptions { Modes = mode, Count = Math.Max(1000, count / 10), Vcpus = 1, Pin = true, Name = "overhead-warmup" };
+        VmRunner.Run(options, "overhead-warmup"); // JIT, page faults of a first VM, KVM's own first-time work
+        var results = new ArmResult[arms.Count];
+        for (int round = 0; round < rounds; round++)
+        {
+            for (int k = 0; k < arms.Count; k++)
+            {
+                int a = (round + k) % arms.Count;
+                IObserver observer = arms[a]();
+                try
+                {
+                    results[a] ??= new ArmResult(observer.Name);
+                    observer.Start();
+                    // A short VM first, unmeasured: the observer meets a new VM (discovery, naming, its first reads)
+                    // and is past its own start-up, so the measured run sees it in its steady state.
+                    VmRunner.Run(warmup, $"overhead-w{round}");
+                    Thread.Sleep(300);
+                    observer.Mark();
+                    VmReport vm = VmRunner.Run(options, $"overhead-r{round}");
+                    ObserverRun seen = observer.Finish(count + warmup.Count);
+                    double perExit = vm.Vcpus[0].PhaseNs[phase] / (double)count;
+                    results[a].PerExitNs.Add(perExit);
+                    results[a].Observed.Add(seen.Observed);
+                    if (seen.CpuNs >= 0)
+                        results[a].CpuPerExitNs.Add(seen.CpuNs / (double)count);
+                    log.WriteLine($"round {round + 1}/{rounds} {observer.Name,-40} {perExit,9:F0} ns/exit" +
+                        (seen.Observed >= 0 ? $"  observed {seen.Observed}" : ""));
+                }
+                finally
+                {
+                    (observer as IDisposable)?.Dispose();
+                }
+            }
+        }
+        Results.AddRange(results);
+    }
+
+    public ArmResult Baseline => Results[0];
+
+    public string Table()
+    {
+        var sb = new StringBuilder();
+        double baseline = Baseline.Median;
+        sb.AppendLine(CultureInfo.InvariantCulture, $"{mode.ToString().ToLowerInvariant()} exits, {count} per round, {rounds} interleaved rounds (medians; spread = min..max over rounds; added = median over rounds of the difference to no probes in the same round)");
+        sb.AppendLine(CultureInfo.InvariantCulture, $"{"observer",-42} {"ns/exit",9} {"spread",17} {"added ns",9} {"slowdown",9} {"own CPU ns/exit",16}");
+        foreach (ArmResult r in Results)
+        {
+            double added = r.AddedOver(Baseline);
+            string cpu = r.CpuPerExitNs.Count > 0 ? Stats.Median(r.CpuPerExitNs).ToString("F0", CultureInfo.InvariantCulture) : "";
+            sb.AppendLine(CultureInfo.InvariantCulture,
+                $"{r.Name,-42} {r.Median,9:F0} {$"{r.Min:F0}..{r.Max:F0}",17} {(r == Baseline ? "" : $"{added:+0;-0}"),9} {(r == Baseline ? "" : $"{100 * added / baseline:+0.0;-0.0}%"),9} {cpu,16}");
+        }
+        return sb.ToString();
+    }
+
+    public string Json()
+    {
+        using var stream = new MemoryStream();
+        using (var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true }))
+        {
+            double baseline = Baseline.Median;
+            w.WriteStartObject();
+            w.WriteString("mode", mode.ToString().ToLowerInvariant());
+            w.WriteNumber("count", count);
+            w.WriteNumber("rounds", rounds);
+            w.WriteStartArray("arms");
+            foreach (ArmResult r in Results)
+            {
+                w.WriteStartObject();
+                w.WriteString("observer", r.Name);
+                w.WriteNumber("median_ns_per_exit", Math.Round(r.Median, 1));
+                w.WriteNumber("min_ns_per_exit", Math.Round(r.Min, 1));
+                w.WriteNumber("max_ns_per_exit", Math.Round(r.Max, 1));
+                w.WriteNumber("added_ns_per_exit", Math.Round(r.AddedOver(Baseline), 1));
+                w.WriteNumber("slowdown_percent", Math.Round(100 * r.AddedOver(Baseline) / baseline, 2));
+                if (r.CpuPerExitNs.Count > 0)
+                    w.WriteNumber("own_cpu_ns_per_exit", Math.Round(Stats.Median(r.CpuPerExitNs), 1));
+                w.WriteStartArray("rounds_ns_per_exit");
+                foreach (double v in r.PerExitNs)
+                    w.WriteNumberValue(Math.Round(v, 1));
+                w.WriteEndArray();
+                w.WriteStartArray("observed");
+                foreach (long v in r.Observed)
+                    w.WriteNumberValue(v);
+                w.WriteEndArray();
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+            w.WriteEndObject();
+        }
+        return Encoding.UTF8.GetString(stream.ToArray());
+    }
+}
