@@ -26,6 +26,9 @@ public sealed class ExpositionContext
     /// <summary>Events the source counted but could not attribute to a VM, per kind.</summary>
     public Func<KvmEventKind, long> Unattributed { get; init; } = static _ => 0;
 
+    /// <summary>Times the source woke to read the kernel.</summary>
+    public Func<long> Wakeups { get; init; } = static () => 0;
+
     /// <summary>The bpf source's own state and cost (null: another source runs).</summary>
     public Func<BpfSelf>? Bpf { get; init; }
 }
@@ -33,7 +36,7 @@ public sealed class ExpositionContext
 /// <summary>What the bpf source tells of itself: its programs' cost as the kernel accounts it (only while run-time
 /// accounting is on), and increments its bounded maps had no room for.</summary>
 public sealed record BpfSelf(bool CostAccounted, IReadOnlyList<(string Program, ulong RunTimeNs, ulong Runs)> Programs,
-    long MapFull, long StateFull, long Wakeups);
+    long MapFull, long StateFull);
 
 /// <summary>One row of kvmobserve_tracepoint_info.</summary>
 public sealed record TracepointRow(string Event, bool Available, bool Enabled);

@@ -91,6 +91,13 @@ public static class MetricsRenderer
         w.Begin("kvmobserve_cpu_seconds_total").Value(Environment.CpuUsage.TotalTime.TotalSeconds);
         w.Family("kvmobserve_resident_memory_bytes", "gauge", "The agent's resident memory (working set).");
         w.Begin("kvmobserve_resident_memory_bytes").Value(Environment.WorkingSet);
+        w.Family("kvmobserve_gc_heap_bytes", "gauge", "Bytes of the agent's managed heap in use (GC.GetTotalMemory).");
+        w.Begin("kvmobserve_gc_heap_bytes").Value(GC.GetTotalMemory(forceFullCollection: false));
+        w.Family("kvmobserve_gc_collections_total", "counter", "Garbage collections of the agent's managed heap, by generation (a collection of generation 2 also counts in 0 and 1).");
+        for (int generation = 0; generation <= GC.MaxGeneration; generation++)
+            w.Begin("kvmobserve_gc_collections_total").Label("generation", generation).Value(GC.CollectionCount(generation));
+        w.Family("kvmobserve_allocated_bytes_total", "counter", "Bytes the agent has allocated on its managed heap (the hot path allocates none).");
+        w.Begin("kvmobserve_allocated_bytes_total").Value(GC.GetTotalAllocatedBytes());
         w.Family("kvmobserve_scrape_duration_seconds", "gauge", "Time spent rendering this scrape.");
         w.Begin("kvmobserve_scrape_duration_seconds").Value(Stopwatch.GetElapsedTime(started).TotalSeconds);
         w.End();
@@ -278,8 +285,6 @@ public static class MetricsRenderer
         w.Begin("kvmobserve_bpf_map_full_total").Value(bpf.MapFull);
         w.Family("kvmobserve_bpf_thread_state_full_total", "counter", "Events whose thread found no room in the in-kernel thread-state map (their latency pairing and halt poll window were skipped).");
         w.Begin("kvmobserve_bpf_thread_state_full_total").Value(bpf.StateFull);
-        w.Family("kvmobserve_bpf_wakeups_total", "counter", "Times the bpf source woke to look for new threads in its maps (its only periodic work besides scrapes).");
-        w.Begin("kvmobserve_bpf_wakeups_total").Value(bpf.Wakeups);
     }
 
     private static void WriteSelfMetrics(MetricWriter w, ExpositionContext context)
@@ -329,6 +334,9 @@ public static class MetricsRenderer
         foreach (Shard shard in aggregator.Shards)
             corrupt += shard.CorruptPages;
         w.Begin("kvmobserve_decode_errors_total").Label("source", source).Label("event", "page").Value(corrupt);
+
+        w.Family("kvmobserve_reader_wakeups_total", "counter", "Times the source's threads woke to read the kernel (ring readers at their watermark or poll timeout; the bpf source to look for new series).");
+        w.Begin("kvmobserve_reader_wakeups_total").Label("source", source).Value(context.Wakeups());
 
         w.Family("kvmobserve_read_bytes_total", "counter", "Bytes read from the kernel, by CPU.");
         foreach (Shard shard in aggregator.Shards)

@@ -21,6 +21,10 @@ public interface IEventSource : IDisposable
     /// attached); 0 for record sources, which attribute every record.</summary>
     long UnattributedOf(KvmEventKind kind) => 0;
 
+    /// <summary>Times the source's threads woke to read the kernel (a ring reader's poll returns, the bpf source's
+    /// look for new series); 0 for a source that reads only when scraped.</summary>
+    long Wakeups => 0;
+
     void Start();
 
     /// <summary>Stops reading, delivers what the kernel still buffers, and releases every kernel resource.</summary>

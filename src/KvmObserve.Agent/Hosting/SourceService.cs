@@ -128,8 +128,9 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
         ExitReasons = source.Decoders.ExitReasons,
         UserspaceExitReasons = source.Decoders.UserspaceExitReasons,
         Unattributed = source.UnattributedOf,
+        Wakeups = () => source.Wakeups,
         Bpf = source is BpfSource bpf
-            ? () => new BpfSelf(bpf.CostAccounted, bpf.ProgramCosts().Select(c => (c.Program, c.RunTimeNs, c.Runs)).ToList(), bpf.MapFull, bpf.StateFull, bpf.Wakeups)
+            ? () => new BpfSelf(bpf.CostAccounted, bpf.ProgramCosts().Select(c => (c.Program, c.RunTimeNs, c.Runs)).ToList(), bpf.MapFull, bpf.StateFull)
             : null,
         Schedstat = schedstat,
         Storms = storms,

@@ -1,0 +1,63 @@
+using System.Diagnostics;
+using System.Text.Json;
+
+namespace KvmObserve.KernelTests;
+
+/// <summary>`kvmobserve overhead` on the real kernel: every arm runs, and every observer was live (saw every exit).
+/// The figures themselves are measurements, printed for people (README "What observing costs"), not asserted.</summary>
+public class OverheadTests
+{
+    private static (int Code, string Stdout, string Stderr) Overhead(params string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "kvmobserve.dll"));
+        psi.ArgumentList.Add("overhead");
+        foreach (string a in args)
+            psi.ArgumentList.Add(a);
+        using Process p = Process.Start(psi)!;
+        Task<string> stdout = p.StandardOutput.ReadToEndAsync(), stderr = p.StandardError.ReadToEndAsync();
+        if (!p.WaitForExit(300_000))
+        {
+            p.Kill(entireProcessTree: true);
+            throw new TimeoutException("overhead did not finish in 300 s");
+        }
+        return (p.ExitCode, stdout.Result, stderr.Result);
+    }
+
+    [KernelFact]
+    public void Every_arm_runs_interleaved_and_every_observer_sees_every_exit()
+    {
+        bool bpftrace = File.Exists("/usr/bin/bpftrace");
+        Assert.True(bpftrace || Environment.GetEnvironmentVariable("CI") != "true", "bpftrace is missing (apt-get install bpftrace)");
+        string[] against = bpftrace ? ["bpftrace", "drain"] : ["drain"];
+        (int code, string stdout, string stderr) = Overhead("--source", "bpf,tracefs", "--against", string.Join(',', against),
+            "--rounds", "2", "--count", "3000", "--json");
+        Assert.True(code == 0, stderr);
+        JsonElement report = JsonDocument.Parse(stdout).RootElement;
+        Assert.Equal("pio", report.GetProperty("mode").GetString());
+        JsonElement[] arms = report.GetProperty("arms").EnumerateArray().ToArray();
+        Assert.Equal(["none", "agent --source bpf", "agent --source tracefs", .. against.Select(a => a == "drain" ? "drain (trace_pipe_raw to nowhere)" : "bpftrace @event = count()")],
+            arms.Select(a => a.GetProperty("observer").GetString()));
+        foreach (JsonElement arm in arms)
+        {
+            Assert.Equal(2, arm.GetProperty("rounds_ns_per_exit").GetArrayLength());
+            Assert.All(arm.GetProperty("rounds_ns_per_exit").EnumerateArray(), v => Assert.True(v.GetDouble() > 100, $"{v} ns per exit"));
+            string name = arm.GetProperty("observer").GetString()!;
+            long[] observed = arm.GetProperty("observed").EnumerateArray().Select(v => v.GetInt64()).ToArray();
+            if (name.StartsWith("agent", StringComparison.Ordinal) || name.StartsWith("bpftrace", StringComparison.Ordinal))
+                Assert.All(observed, n => Assert.Equal(3000 + 1000, n)); // the measured run and its warm-up VM: every PIO exit
+            else if (name.StartsWith("drain", StringComparison.Ordinal))
+                Assert.All(observed, n => Assert.True(n > 3000 * 16, $"{n} bytes drained")); // 5+ records per exit
+        }
+        // The comparisons are made against the arm without probes, in the same rounds.
+        Assert.Equal(0, arms[0].GetProperty("added_ns_per_exit").GetDouble());
+    }
+
+    [KernelFact(Kvm = false)]
+    public void A_bad_option_is_one_line_and_exit_code_2()
+    {
+        (int code, _, string stderr) = Overhead("--against", "strace");
+        Assert.Equal(2, code);
+        Assert.Equal("kvmobserve overhead: --against: 'strace' is not one of drain, perf-stat, bpftrace, none", stderr.Trim());
+    }
+}
