@@ -58,6 +58,6 @@ public class OverheadTests
     {
         (int code, _, string stderr) = Overhead("--against", "strace");
         Assert.Equal(2, code);
-        Assert.Equal("kvmobserve overhead: --against: 'strace' is not one of drain, perf-stat, bpftrace, none", stderr.Trim());
+        Assert.Equal("kvmobserve overhead: --against: 'strace' is not one of drain, perf-record, perf-stat, bpftrace, none", stderr.Trim());
     }
 }

@@ -188,7 +188,7 @@ public sealed class AgentObserver(string source) : IObserver, IDisposable
 }
 
 /// <summary>A plain drain of the same tracepoints into nowhere: a private tracefs instance with the same events,
-/// buffer size and wake-up watermark as the tracefs source, each CPU's trace_pipe_raw read (as `cat` reads it: woken
+/// buffer size, wake-up watermark and trace clock as the tracefs source, each CPU's trace_pipe_raw read (as `cat` reads it: woken
 /// at the watermark, then read until empty) and thrown away. What reading records costs with no decoding at all.</summary>
 public sealed class DrainObserver(string tracefsRoot, IReadOnlyList<(string System, string Name)> events) : IObserver, IDisposable
 {
@@ -204,6 +204,7 @@ public sealed class DrainObserver(string tracefsRoot, IReadOnlyList<(string Syst
         _instance = TracefsInstance.Create(tracefsRoot, "drain");
         _instance.SetBufferSizeKb(4096);
         _instance.SetBufferPercent(25);
+        _instance.SetTraceClock("mono"); // as the tracefs source sets it: the same kernel work per record
         foreach ((string system, string name) in events)
             _instance.Enable(system, name);
         foreach (int cpu in _instance.Cpus())
@@ -279,6 +280,37 @@ public sealed class PerfStatObserver(IReadOnlyList<(string System, string Name)>
         _perf.Dispose();
         _perf = null;
         return new ObserverRun(pio, -1);
+    }
+
+    public void Dispose() => _perf?.Dispose();
+}
+
+/// <summary>`perf record -a` of the same tracepoints (every sample, raw record included), written to nowhere: the
+/// plain drain of perf's own rings, what the perf source is held against.</summary>
+public sealed class PerfRecordObserver(IReadOnlyList<(string System, string Name)> events) : IObserver, IDisposable
+{
+    private Child? _perf;
+
+    public string Name => "perf record -a -R > /dev/null";
+
+    public void Start()
+    {
+        string perf = Tools.Find("perf") ?? throw new InvalidOperationException("perf is not installed (apt-get install linux-perf)");
+        string list = string.Join(',', events.Select(e => $"{e.System}:{e.Name}"));
+        _perf = new Child("/bin/sh", ["-c", $"exec '{perf}' record -a -R -e '{list}' -o - > /dev/null"]);
+        Thread.Sleep(1500); // perf opens and maps its rings
+        if (_perf.HasExited)
+            throw new InvalidOperationException($"perf record: {_perf.Output}");
+    }
+
+    public void Mark() { }
+
+    public ObserverRun Finish(long events)
+    {
+        _perf!.Stop(2, TimeSpan.FromSeconds(10));
+        _perf.Dispose();
+        _perf = null;
+        return new ObserverRun(-1, -1);
     }
 
     public void Dispose() => _perf?.Dispose();
