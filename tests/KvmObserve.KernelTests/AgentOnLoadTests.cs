@@ -200,4 +200,28 @@ public class AgentOnLoadTests
             Assert.True(value == fromBpf[series], $"{series}: tracefs {value}, bpf {fromBpf[series]}");
         Assert.Equal(0, b.Sum("kvmobserve_bpf_map_full_total"));
     }
+
+    /// <summary>The dashboard panels about the bpf source (which a replay cannot serve) query metrics the bpf source
+    /// exports, and with run-time accounting on (--bpf-stats, for the agent's lifetime only) they move.</summary>
+    [KernelFact]
+    public void The_bpf_panels_metrics_are_served_and_the_programs_cost_is_accounted()
+    {
+        string sysctl = File.ReadAllText("/proc/sys/kernel/bpf_stats_enabled").Trim();
+        using Agent agent = Agent.Start("--source", "bpf", "--bpf-stats", "true");
+        Agent.Load("--mode", "pio", "--count", "2000", "--name", $"stats{Environment.ProcessId}");
+        Metrics m = agent.ScrapeUntil(x => x.Sum("kvm_pio_total") >= 2000);
+        Assert.Equal(1, m.Sum("kvmobserve_bpf_stats_enabled"));
+        Assert.True(m.Sum("kvmobserve_bpf_program_runs_total", ("program", "kvmo_pio")) >= 2000);
+        double seconds = m.Sum("kvmobserve_bpf_program_run_seconds_total", ("program", "kvmo_pio"));
+        Assert.InRange(seconds / m.Sum("kvmobserve_bpf_program_runs_total", ("program", "kvmo_pio")), 1e-9, 1e-4); // per run
+        Assert.True(m.Sum("kvmobserve_reader_wakeups_total", ("source", "bpf")) > 0);
+
+        string dashboard = File.ReadAllText(Path.Combine(DeployTests.Repo, "dashboards", "kvmobserve-agent.json"));
+        var names = System.Text.RegularExpressions.Regex.Matches(dashboard, "kvmobserve_bpf_[a-z_]+").Select(x => x.Value).ToHashSet();
+        Assert.NotEmpty(names);
+        foreach (string name in names)
+            Assert.True(m.Samples.Any(s => s.Name == name), $"{name} is on the agent dashboard but not in /metrics");
+        Assert.Equal(0, agent.Stop());
+        Assert.Equal(sysctl, File.ReadAllText("/proc/sys/kernel/bpf_stats_enabled").Trim()); // the host's setting, as found
+    }
 }

@@ -35,7 +35,7 @@ public sealed class RulesAndDashboardsTests
     {
         (int code, string output) = Run(Promtool(), "check", "rules", "kvmobserve-rules.yml");
         Assert.True(code == 0, output);
-        Assert.Contains("SUCCESS: 16 rules found", output);
+        Assert.Contains("SUCCESS: 17 rules found", output);
         (code, output) = Run(Promtool(), "test", "rules", "tests/kvmobserve-rules.test.yml");
         Assert.True(code == 0, output);
         Assert.Contains("SUCCESS", output);
