@@ -69,6 +69,17 @@ public sealed partial class BpfProgramTests
         return counts;
     }
 
+    /// <summary>The processes the counts map has keys of.</summary>
+    private static HashSet<int> TgidsOf(BpfObject obj)
+    {
+        var map = new BpfMap(obj.MapFd("kvmo_counts"), BpfLayout.KeySize, 8, 32_768, perCpu: true);
+        int n = map.ReadAll();
+        var tgids = new HashSet<int>();
+        for (int i = 0; i < n; i++)
+            tgids.Add(BpfLayout.ReadKey(map.Key(i)).Tgid);
+        return tgids;
+    }
+
     private static T OnOwnThread<T>(Func<T> work)
     {
         T result = default!;
@@ -97,6 +108,13 @@ public sealed partial class BpfProgramTests
                 Assert.Equal(-1, Pwrite(fd, 0, VmxFailedEntry, Vmx)); // VMX: bit 31, the entry failed; basic reason 30
             return Sys.Gettid();
         });
+
+        // Another process making the same calls is not counted: the pid filter map holds only this process.
+        var other = Process.Start(new ProcessStartInfo("/usr/bin/python3",
+            ["-c", $"import os\nfor i in range(100):\n  try: os.pwrite({fd}, b'x', 48)\n  except OSError: pass"]))!;
+        other.WaitForExit();
+        Assert.Equal(0, other.ExitCode);
+        Assert.DoesNotContain(TgidsOf(obj), t => t != Environment.ProcessId);
 
         Dictionary<(MetricFamily, uint, ulong), long> c = CountsOf(obj, tid, out int vcpu);
         Assert.Equal(fd, vcpu);
