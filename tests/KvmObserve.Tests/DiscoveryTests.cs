@@ -57,6 +57,29 @@ public sealed class DiscoveryTests : IDisposable
     [InlineData("0::/machine.slice/machine-qemu\\x2d1\\x2dweb.scope/libvirt/vcpu0\n", null)]
     public void Pod_uids_from_cgroup_paths(string cgroup, string? uid) => Assert.Equal(uid, ProcfsParsers.KubernetesPodUid(cgroup));
 
+    /// <summary>A process once found to hold no VM fd is not walked again until its fd directory changes: one that
+    /// opens a VM afterwards is found at the next scan, and one that exits and whose pid comes back as a VMM too.</summary>
+    [Fact]
+    public void A_process_that_opens_a_vm_after_a_scan_is_found_at_the_next()
+    {
+        _proc.Vm(600, "bash", "bash\0", vmFd: false);
+        _proc.Vm(700, "myvmm", "/opt/myvmm\0", vmFd: false, start: 7000);
+        VmRegistry registry = Scan();
+        Assert.Empty(registry.Vms());
+        registry.Scan(); // a scan that trusts what it learnt: nothing changed
+        Assert.Empty(registry.Vms());
+
+        Thread.Sleep(20); // a later mtime on file systems with coarse timestamps
+        File.CreateSymbolicLink(Path.Combine(_proc.Root, "700/fd/7"), ProcfsParsers.KvmVmFdTarget);
+        registry.Scan();
+        Assert.Equal([700], registry.Vms().Select(v => v.Pid));
+
+        _proc.Exit(600);
+        _proc.Vm(600, "qemu-system-x86", "qemu-system-x86_64\0-name\0back\0", start: 9000); // the pid, reused
+        registry.Scan();
+        Assert.Equal("back", registry.Vms().Single(v => v.Pid == 600).Name);
+    }
+
     [Fact]
     public void A_kubevirt_vm_is_named_namespace_slash_vmi_with_its_pod()
     {

@@ -213,6 +213,14 @@ public sealed class VmRegistry
     {
         if (Detached)
             return;
+        lock (_scanGate) // one scan at a time: the discovery thread, and sources asking for one at once
+            ScanLocked();
+    }
+
+    private readonly object _scanGate = new();
+
+    private void ScanLocked()
+    {
         var alive = new HashSet<int>();
         var pids = new List<int>();
         foreach (string dir in SafeEnumerate(_procRoot))
@@ -221,9 +229,12 @@ public sealed class VmRegistry
                 pids.Add(pid);
         }
         pids.Sort(); // the lower pid (usually the older VM) keeps a name two VMs share
+        bool full = _scans++ % FullScanEvery == 0;
+        foreach (int gone in _notVmm.Keys.Where(p => pids.BinarySearch(p) < 0).ToList())
+            _notVmm.Remove(gone);
         foreach (int pid in pids)
         {
-            if (!HoldsVmFd(pid))
+            if (!HoldsVmFdCached(pid, full))
                 continue;
             VmInfo? vm = VmFor(pid);
             if (vm is null)
@@ -344,6 +355,31 @@ public sealed class VmRegistry
             return $"{name}-{pid}";
         }
         return name;
+    }
+
+    /// <summary>Processes found holding no VM fd, by pid: their start time and their fd directory's size (open fds)
+    /// and mtime then. Until one of those changes, or the next full scan, they are not walked again: walking every
+    /// fd of every process (a readlink each) was most of what an idle agent cost.</summary>
+    private readonly Dictionary<int, (ulong Start, long Size, long MtimeNs)> _notVmm = new();
+    private int _scans;
+
+    /// <summary>Every this many scans (a minute at the default interval), every process is walked again.</summary>
+    internal const int FullScanEvery = 30;
+
+    private bool HoldsVmFdCached(int pid, bool full)
+    {
+        string procDir = Path.Combine(_procRoot, pid.ToString(CultureInfo.InvariantCulture));
+        if (FdDirStat.Of(Path.Combine(procDir, "fd")) is not (long size, long mtime)
+            || ReadText(Path.Combine(procDir, "stat")) is not string stat || ProcfsParsers.ParseStartTime(stat) is not ulong start)
+            return HoldsVmFd(pid);
+        if (!full && _notVmm.TryGetValue(pid, out var known) && known == (start, size, mtime))
+            return false;
+        bool holds = HoldsVmFd(pid);
+        if (holds)
+            _notVmm.Remove(pid);
+        else
+            _notVmm[pid] = (start, size, mtime);
+        return holds;
     }
 
     private bool HoldsVmFd(int pid)
