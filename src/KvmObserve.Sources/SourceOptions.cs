@@ -16,6 +16,9 @@ public sealed class SourceOptions
     /// <summary>The longest a reader sleeps before it reads anyway.</summary>
     public int PollTimeoutMs { get; set; } = 100;
 
+    /// <summary>tracefs source: read the ring buffers through their memory map (Linux 6.10+), not read() copies.</summary>
+    public bool MapRingBuffer { get; set; }
+
     /// <summary>How often a counting source rescans procfs for new VMs and threads when nothing else prompts it.</summary>
     public int DiscoveryIntervalMs { get; set; } = 2_000;
 

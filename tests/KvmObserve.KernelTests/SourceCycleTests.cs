@@ -9,9 +9,12 @@ using KvmObserve.Sources.Tracefs;
 namespace KvmObserve.KernelTests;
 
 /// <summary>Each source started and stopped 100 times in this process: no fd (perf events, rings, trace_pipe_raw,
-/// eventfds, BPF programs, maps and links) and no tracefs instance may be left over.</summary>
+/// eventfds, BPF programs, maps and links), no mapping of a ring buffer and no tracefs instance may be left over.</summary>
 public class SourceCycleTests
 {
+    /// <summary>This process's memory mappings of tracefs files (a mapped ring buffer's meta page and sub-buffers).</summary>
+    private static int TracefsMappings() => File.ReadLines("/proc/self/maps").Count(l => l.Contains("trace_pipe_raw", StringComparison.Ordinal));
+
     private static int OpenFds() => Directory.GetFileSystemEntries("/proc/self/fd").Length;
 
     /// <summary>This process's fds of the kinds sources open: perf events, eventfds, tracefs files.</summary>
@@ -28,6 +31,7 @@ public class SourceCycleTests
 
     [KernelTheory(Kvm = false)]
     [InlineData("tracefs")]
+    [InlineData("tracefs-mmap")]
     [InlineData("perf")]
     [InlineData("perf-count")]
     [InlineData("bpf")]
@@ -41,6 +45,7 @@ public class SourceCycleTests
         IEventSource Create() => name switch
         {
             "tracefs" => new TracefsSource(options, aggregator, root),
+            "tracefs-mmap" => new TracefsSource(new SourceOptions { PollTimeoutMs = 10, BufferKb = 64, Events = options.Events, MapRingBuffer = true }, aggregator, root),
             "perf" => new PerfSamplingSource(options, aggregator, root, CpuTopology.OnlineCpus()),
             "bpf" => new BpfSource(options, aggregator, root),
             _ => new PerfCountingSource(options, aggregator, root, CpuTopology.OnlineCpus()),
@@ -51,13 +56,14 @@ public class SourceCycleTests
             warm.Start();
         GC.Collect();
         GC.WaitForPendingFinalizers();
-        int before = OpenFds(), sourceBefore = SourceFds();
+        int before = OpenFds(), sourceBefore = SourceFds(), mappingsBefore = TracefsMappings(), mappingsMax = 0;
         int duringMax = 0;
         for (int i = 0; i < 100; i++)
         {
             IEventSource source = Create();
             source.Start();
             duringMax = Math.Max(duringMax, SourceFds());
+            mappingsMax = Math.Max(mappingsMax, TracefsMappings());
             source.Stop();
             source.Dispose();
         }
@@ -66,6 +72,9 @@ public class SourceCycleTests
         Assert.True(duringMax > sourceBefore, "the source opened nothing: the test proves nothing");
         Assert.Equal(sourceBefore, SourceFds());
         Assert.Equal(before, OpenFds());
+        Assert.Equal(mappingsBefore, TracefsMappings());
+        if (name == "tracefs-mmap")
+            Assert.True(mappingsMax > mappingsBefore, "no ring buffer was mapped: the test proves nothing");
         Assert.Empty(KernelState.InstancesOf(Environment.ProcessId));
     }
 }

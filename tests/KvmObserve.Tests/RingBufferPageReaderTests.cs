@@ -16,6 +16,37 @@ public class RingBufferPageReaderTests
         return h;
     }
 
+    /// <summary>A mapped reader page read while the kernel appends to it: each call reads what was committed since
+    /// the last, with the running time carried over, and altogether it is what one read of the whole page gives.</summary>
+    [Fact]
+    public void A_page_read_in_appended_parts_gives_each_record_once_with_its_time()
+    {
+        byte[] p = [1, 2, 3, 4, 5, 6, 7, 8];
+        var encoder = new PageEncoder(Layout, 1000);
+        var ends = new List<int>();
+        ulong t = 1000;
+        for (int i = 0; i < 20; i++)
+        {
+            t += i == 10 ? 1UL << 28 : 7; // a time extend in the middle
+            encoder.Record(t, p);
+            if (i is 2 or 9 or 10 or 19)
+                ends.Add(Layout.DataSize - encoder.Free); // where the commit stood when the reader looked
+        }
+        byte[] page = encoder.Build();
+        CollectingRecordHandler whole = Read(page);
+
+        var parts = CollectingRecordHandler.Create();
+        int position = 0;
+        ulong timestamp = 0;
+        int records = 0;
+        foreach (int end in ends.Prepend(0).Append(ends[^1])) // nothing new at first and at the end: no records
+            records += RingBufferPageReader.ReadAppended(page, Layout, end, ref position, ref timestamp, ref parts);
+        Assert.Equal(20, records);
+        Assert.Equal(whole.Records.Select(r => r.Timestamp), parts.Records.Select(r => r.Timestamp));
+        Assert.Equal(0, parts.Corrupt);
+        Assert.Equal(t, timestamp);
+    }
+
     [Fact]
     public void Small_and_large_records_with_deltas()
     {

@@ -35,6 +35,7 @@ public sealed class AgentOptions
     public string? FlightRecorderDirectory { get; init; }
     public TimeSpan FlightRecorderSeconds { get; init; } = TimeSpan.FromSeconds(5);
     public string? Replay { get; init; }
+    public bool TracefsMmap { get; init; } = true;
     public uint BpfMapEntries { get; init; } = 32_768;
     public bool BpfStats { get; init; }
 
@@ -70,6 +71,7 @@ public sealed class AgentOptions
             ParseDuration(v) is { TotalSeconds: >= 1 and <= 600 } d ? d : throw new OptionException($"'{v}' is outside 1s..10m")),
         Replay = s.Parse(Settings.Replay, v => v.Trim().Length == 0 ? null
             : File.Exists(v.Trim()) ? v.Trim() : throw new OptionException($"'{v}': no such file")),
+        TracefsMmap = s.Parse(Settings.TracefsMmap, v => bool.TryParse(v.Trim(), out bool b) ? b : throw new OptionException($"'{v}' is not true or false")),
         BpfMapEntries = s.Parse(Settings.BpfMapEntries, v => (uint)LayeredSettings.Int(v, 64, 16 * 1024 * 1024)),
         BpfStats = s.Parse(Settings.BpfStats, v => bool.TryParse(v.Trim(), out bool b) ? b : throw new OptionException($"'{v}' is not true or false")),
     }.Checked(s);

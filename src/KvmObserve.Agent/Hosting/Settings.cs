@@ -58,6 +58,8 @@ public static class Settings
     public static readonly Setting Replay = new("Replay", "--replay", "",
         "A flight recording to replay at its own pace as --source replay (demos, dashboards and rule tests without live VMs)");
 
+    public static readonly Setting TracefsMmap = new("TracefsMmap", "--tracefs-mmap", "true",
+        "tracefs source: read each CPU's ring buffer through its memory map (Linux 6.10+; false: read() copies)");
     public static readonly Setting BpfMapEntries = new("Bpf:MapEntries", "--bpf-map-entries", "32768",
         "bpf source: entries of the in-kernel counts map (one per thread, family and key); past it, keys count under \"other\"");
     public static readonly Setting BpfStats = new("Bpf:Stats", "--bpf-stats", "false",
@@ -67,7 +69,7 @@ public static class Settings
     [
         Listen, Source, Metrics, SeriesLimit, TopK, VmGrace, BufferKb, WakeupPercent, DiscoveryInterval, WebConfig,
         OtlpEndpoint, OtlpProtocol, OtlpHeaders, OtlpInterval, OtlpTimeout, StormFloor, StormFactor, FlightRecorder,
-        FlightRecorderSeconds, Replay, BpfMapEntries, BpfStats,
+        FlightRecorderSeconds, Replay, TracefsMmap, BpfMapEntries, BpfStats,
     ];
 }
 

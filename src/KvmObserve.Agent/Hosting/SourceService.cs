@@ -78,6 +78,7 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
             BufferKb = options.BufferSizeKb,
             WakeupPercent = options.WakeupPercent,
             PollTimeoutMs = options.PollTimeoutMs,
+            MapRingBuffer = options.TracefsMmap,
             DiscoveryIntervalMs = options.DiscoveryIntervalMs,
             Events = MetricSelection.TracepointsFor(options.Metrics),
         };
@@ -102,6 +103,11 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
             }
         }
         _source.Start();
+        if (_source is TracefsSource tracefs)
+        {
+            foreach (string failure in tracefs.MapFailures)
+                Log.SourceWarning(logger, failure);
+        }
         foreach (TracepointState t in _source.Tracepoints)
         {
             if (!t.Enabled)

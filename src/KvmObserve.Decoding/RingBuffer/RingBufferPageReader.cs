@@ -58,18 +58,48 @@ public static class RingBufferPageReader
         return ReadEvents(data.Slice(0, length), pageStamp, ref handler);
     }
 
+    /// <summary>
+    /// Reads the records a page gained since the last call: those in its data area from <paramref name="position"/>
+    /// up to <paramref name="end"/> (bytes). For a page being read while the kernel still writes to it (the mapped
+    /// ring buffer's reader page): the caller keeps <paramref name="position"/> and <paramref name="timestamp"/> (the
+    /// running time of the last record) between calls, starting at 0 and the page's time stamp.
+    /// </summary>
+    public static int ReadAppended<THandler>(ReadOnlySpan<byte> page, in PageHeaderFormat layout, int end, ref int position,
+        ref ulong timestamp, ref THandler handler)
+        where THandler : struct, IRingBufferRecordHandler
+    {
+        if (page.Length < layout.DataOffset || end > page.Length - layout.DataOffset || position > end || position < 0)
+        {
+            handler.OnCorruptPage(position);
+            position = end;
+            return 0;
+        }
+        if (position == 0)
+            timestamp = BinaryPrimitives.ReadUInt64LittleEndian(page.Slice(layout.TimestampOffset));
+        ulong pageStamp = BinaryPrimitives.ReadUInt64LittleEndian(page.Slice(layout.TimestampOffset));
+        int records = ReadEvents(page.Slice(layout.DataOffset, end), pageStamp, ref handler, position, timestamp, out timestamp);
+        position = end;
+        return records;
+    }
+
     private static int ReadEvents<THandler>(ReadOnlySpan<byte> data, ulong pageStamp, ref THandler handler)
         where THandler : struct, IRingBufferRecordHandler
     {
-        ulong ts = pageStamp;
+        return ReadEvents(data, pageStamp, ref handler, 0, pageStamp, out _);
+    }
+
+    /// <summary>The records of <paramref name="data"/> from <paramref name="pos"/> on, with the running time
+    /// <paramref name="ts"/> (a local in the loop: kept in a register); <paramref name="lastTs"/> is where it ended.</summary>
+    private static int ReadEvents<THandler>(ReadOnlySpan<byte> data, ulong pageStamp, ref THandler handler, int pos, ulong ts, out ulong lastTs)
+        where THandler : struct, IRingBufferRecordHandler
+    {
         int records = 0;
-        int pos = 0;
         while (pos < data.Length)
         {
             if (data.Length - pos < sizeof(uint))
             {
                 handler.OnCorruptPage(pos);
-                return records;
+                { lastTs = ts; return records; }
             }
             uint header = BinaryPrimitives.ReadUInt32LittleEndian(data.Slice(pos));
             int typeLen = (int)(header & 0x1f);
@@ -81,7 +111,7 @@ public static class RingBufferPageReader
                 if (size > data.Length - pos)
                 {
                     handler.OnCorruptPage(pos);
-                    return records;
+                    { lastTs = ts; return records; }
                 }
                 ts += delta;
                 handler.OnRecord(ts, data.Slice(pos + 4, typeLen * 4));
@@ -91,12 +121,12 @@ public static class RingBufferPageReader
             }
 
             if (typeLen == EventHeaderFormat.PaddingType && delta == 0)
-                return records; // the rest of the page is empty
+                { lastTs = ts; return records; } // the rest of the page is empty
 
             if (data.Length - pos < 8)
             {
                 handler.OnCorruptPage(pos);
-                return records;
+                { lastTs = ts; return records; }
             }
             uint array0 = BinaryPrimitives.ReadUInt32LittleEndian(data.Slice(pos + 4));
             switch (typeLen)
@@ -107,7 +137,7 @@ public static class RingBufferPageReader
                     if (array0 < 4 || array0 > (uint)(data.Length - pos - 4))
                     {
                         handler.OnCorruptPage(pos);
-                        return records;
+                        { lastTs = ts; return records; }
                     }
                     ts += delta;
                     handler.OnRecord(ts, data.Slice(pos + 8, (int)array0 - 4));
@@ -119,7 +149,7 @@ public static class RingBufferPageReader
                     if (array0 > (uint)(data.Length - pos - 4))
                     {
                         handler.OnCorruptPage(pos);
-                        return records;
+                        { lastTs = ts; return records; }
                     }
                     pos += 4 + (int)Math.Max(array0, 4u);
                     break;
@@ -133,7 +163,7 @@ public static class RingBufferPageReader
                     break;
             }
         }
-        return records;
+        { lastTs = ts; return records; }
     }
 
     /// <summary>An absolute stamp keeps 59 bits; the top 5 come from a full stamp taken earlier (the page's).</summary>

@@ -23,9 +23,12 @@ internal sealed class CpuReader
     private readonly Thread _thread;
     private volatile bool _stopping;
 
+    private readonly bool _mapped;
+
     public CpuReader(int cpu, string pipeRawPath, SafeFd wake, PageHeaderFormat layout, KvmEventDecoders decoders,
-        Shard shard, int pollTimeoutMs)
+        Shard shard, int pollTimeoutMs, bool mapped = false)
     {
+        _mapped = mapped;
         Cpu = cpu;
         _fd = Sys.Open(pipeRawPath, nonBlocking: true);
         _wake = wake;
@@ -34,6 +37,8 @@ internal sealed class CpuReader
         _shard = shard;
         _pollTimeoutMs = pollTimeoutMs;
         _thread = new Thread(Run) { IsBackground = true, Name = $"kvmobserve cpu{cpu}" };
+        if (mapped)
+            Map();
     }
 
     public int Cpu { get; }
@@ -51,10 +56,118 @@ internal sealed class CpuReader
     public void Join()
     {
         _thread.Join();
+        _data?.Dispose(); // unmapped before the fd goes: the ring buffer can be resized and removed again
+        _meta?.Dispose();
         _fd.Dispose();
     }
 
+    /// <summary>TRACE_MMAP_IOCTL_GET_READER, include/uapi/linux/trace_mmap.h: _IO('R', 0x20).</summary>
+    private static readonly ulong GetReader = IoctlNumber.Io('R', 0x20);
+
+    /// <summary>Whether this reader reads the ring buffer through its memory map (false: read() copies).</summary>
+    public bool Mapped { get; private set; }
+
     private void Run()
+    {
+        if (_meta is not null && _data is not null)
+            RunMapped(_meta, _data);
+        else
+            RunCopying();
+    }
+
+    private MappedRegion? _meta, _data;
+
+    /// <summary>Maps the CPU's ring buffer: its meta page, then every sub-buffer after it. A kernel before 6.10 (no
+    /// mmap of trace_pipe_raw) refuses, and the reader reads copies instead, saying why.</summary>
+    private void Map()
+    {
+        try
+        {
+            _meta = MappedRegion.Shared(_fd, 4096, writable: false);
+            uint metaSize, subbufSize, subbufs;
+            unsafe
+            {
+                metaSize = *(uint*)_meta.Pointer;
+                subbufSize = *(uint*)(_meta.Pointer + 8);
+                subbufs = *(uint*)(_meta.Pointer + 12);
+            }
+            if (subbufSize != _layout.PageSize)
+                throw new NativeErrorException($"sub-buffers of {subbufSize} bytes, pages of {_layout.PageSize}", 22);
+            _data = MappedRegion.Shared(_fd, (nuint)subbufSize * subbufs, writable: false, offset: metaSize);
+            Mapped = true;
+        }
+        catch (NativeErrorException e)
+        {
+            _data?.Dispose();
+            _meta?.Dispose();
+            _meta = _data = null;
+            MapFailure = $"trace_pipe_raw cpu{Cpu} cannot be memory-mapped ({e.Message}): reading copies";
+        }
+    }
+
+    /// <summary>Why the memory map could not be used (null when it was, or was not asked for).</summary>
+    public string? MapFailure { get; private set; }
+
+    /// <summary>The mapped ring buffer (Documentation/trace/ring-buffer-map.rst): after each GET_READER ioctl the meta
+    /// page names the reader sub-buffer and how far the kernel counts it read; what it gained since the last call is
+    /// parsed in place. No copies: the pages are the kernel's.</summary>
+    private unsafe void RunMapped(MappedRegion meta, MappedRegion data)
+    {
+        var handler = new RecordHandler(_decoders, _shard);
+        int subbufSize = (int)*(uint*)(meta.Pointer + 8);
+        int lastId = -1, position = 0;
+        ulong timestamp = 0;
+        try
+        {
+            while (true)
+            {
+                bool stopping = _stopping;
+                if (!stopping)
+                {
+                    Sys.PollReadable(_fd, _wake, _pollTimeoutMs);
+                    Interlocked.Increment(ref Wakeups);
+                }
+                while (true)
+                {
+                    ulong before = ThreadStates.MonotonicNow();
+                    int rc = Sys.TryIoctl(_fd, GetReader, 0);
+                    if (rc < 0)
+                        throw new NativeErrorException($"ioctl(trace_pipe_raw cpu{Cpu}, TRACE_MMAP_IOCTL_GET_READER)", -rc);
+                    int id = (int)Volatile.Read(ref *(uint*)(meta.Pointer + 24));
+                    int end = (int)Volatile.Read(ref *(uint*)(meta.Pointer + 28));
+                    if (id != lastId)
+                    {
+                        lastId = id;
+                        position = 0;
+                        ulong lost = *(ulong*)(meta.Pointer + 16);
+                        if (lost > 0)
+                        {
+                            lock (_shard.Gate)
+                                handler.OnEventsLost(lost, exact: true);
+                        }
+                    }
+                    if (end <= position)
+                    {
+                        _shard.States.Advance(Cpu, before); // caught up, as after a read that found nothing
+                        break;
+                    }
+                    var page = new ReadOnlySpan<byte>(data.Pointer + (long)id * subbufSize, subbufSize);
+                    int from = position;
+                    lock (_shard.Gate)
+                        Decoding.RingBuffer.RingBufferPageReader.ReadAppended(page, _layout, end, ref position, ref timestamp, ref handler);
+                    _shard.CountBytes(position - from);
+                }
+                if (stopping)
+                    break;
+            }
+        }
+        catch (Exception e)
+        {
+            Failure = e;
+        }
+    }
+
+    private void RunCopying()
     {
         var pipe = new Pipe(new PipeOptions(
             readerScheduler: PipeScheduler.Inline, writerScheduler: PipeScheduler.Inline,
