@@ -69,7 +69,7 @@ struct fld {
 };
 
 struct config {
-	__u32 filter;     /* bit 0: only pids in kvmo_pids; bit 1: only cgroups in kvmo_cgroups */
+	__u32 filter;     /* bit 0: only pids in kvmo_pids */
 	__u32 implied_isa;/* kvm_exit formats without isa */
 	__u64 horizon_ns; /* a kvm_exit to kvm_entry pair longer than this is dropped */
 	struct fld exit_reason, exit_isa, exit_vcpu;
@@ -160,12 +160,6 @@ struct {
 	__type(value, __u8);
 } kvmo_pids SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, __u64);
-	__type(value, __u8);
-} kvmo_cgroups SEC(".maps");
 
 /* Reads a field of the event at the offset the loader found in its format file. The field is named by pointer, so
  * its offset and size are read as volatile scalars at run time: a by-value copy of a const volatile struct is an
@@ -191,11 +185,6 @@ static __always_inline bool wanted(__u32 tgid)
 {
 	if ((cfg.filter & 1) && !bpf_map_lookup_elem(&kvmo_pids, &tgid))
 		return false;
-	if (cfg.filter & 2) {
-		__u64 cg = bpf_get_current_cgroup_id();
-		if (!bpf_map_lookup_elem(&kvmo_cgroups, &cg))
-			return false;
-	}
 	return true;
 }
 

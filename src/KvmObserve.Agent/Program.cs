@@ -8,4 +8,6 @@ root.Subcommands.Add(DoctorCommand.Create());
 root.Subcommands.Add(ReplayCommand.Create());
 root.Subcommands.Add(OverheadCommand.Create());
 RunCommand.AddTo(root); // `kvmobserve` alone runs the agent
-return await root.Parse(args).InvokeAsync();
+// On SIGTERM/SIGINT System.CommandLine cancels the action and, by default, exits with 143 after 2 s. The agent's
+// orderly stop (the host's 5 s: its probes released, a last OTLP export) must fit in it; systemd waits 15 s.
+return await root.Parse(args).InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = TimeSpan.FromSeconds(10) });

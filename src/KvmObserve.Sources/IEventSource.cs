@@ -25,6 +25,10 @@ public interface IEventSource : IDisposable
     /// look for new series); 0 for a source that reads only when scraped.</summary>
     long Wakeups => 0;
 
+    /// <summary>Whether the source sees records (what a flight recording keeps); false for sources that count in
+    /// the kernel.</summary>
+    bool HasRecords => true;
+
     void Start();
 
     /// <summary>Stops reading, delivers what the kernel still buffers, and releases every kernel resource.</summary>

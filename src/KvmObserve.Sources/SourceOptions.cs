@@ -16,6 +16,10 @@ public sealed class SourceOptions
     /// <summary>The longest a reader sleeps before it reads anyway.</summary>
     public int PollTimeoutMs { get; set; } = 100;
 
+    /// <summary>Where a source says what it could not do and works around (one log line each): a tracepoint it could
+    /// not attach, a thread it could not count, a ring buffer it reads through copies.</summary>
+    public Action<string>? Warn { get; set; }
+
     /// <summary>tracefs source: read the ring buffers through their memory map (Linux 6.10+), not read() copies.</summary>
     public bool MapRingBuffer { get; set; }
 

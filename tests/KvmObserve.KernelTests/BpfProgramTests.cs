@@ -36,8 +36,24 @@ public sealed partial class BpfProgramTests
         return fd;
     }
 
-    /// <summary>The object loaded with kvm_exit's reason, ISA and vCPU read from <paramref name="enter"/>'s fields,
-    /// and only this process counted.</summary>
+    /// <summary>The exit program on a syscall's enter tracepoint, reading kvm_exit's reason, ISA and vCPU from that
+    /// syscall's fields, and the entry program on its exit tracepoint; only this process counted.</summary>
+    private static BpfObject ExitAndEntryOn(string syscall, string reason, string isa, string vcpu)
+    {
+        BpfObject obj = LoadAs(Format("syscalls", $"sys_enter_{syscall}"), reason, isa, vcpu);
+        try
+        {
+            obj.AttachTracepoint("kvmo_exit", "syscalls", $"sys_enter_{syscall}");
+            obj.AttachTracepoint("kvmo_entry", "syscalls", $"sys_exit_{syscall}");
+            return obj;
+        }
+        catch
+        {
+            obj.Dispose();
+            throw;
+        }
+    }
+
     private static BpfObject LoadAs(EventFormat enter, string reason, string isa, string vcpu)
     {
         FieldFormat? FieldOf(KvmEventKind kind, string field) => (kind, field) switch
@@ -92,10 +108,7 @@ public sealed partial class BpfProgramTests
     [KernelFact(Kvm = false)]
     public void The_exit_program_counts_reasons_and_failed_entries_and_the_entry_program_pairs_every_exit()
     {
-        EventFormat enter = Format("syscalls", "sys_enter_pwrite64");
-        using BpfObject obj = LoadAs(enter, reason: "count", isa: "pos", vcpu: "fd");
-        obj.AttachTracepoint("kvmo_exit", "syscalls", "sys_enter_pwrite64");
-        obj.AttachTracepoint("kvmo_entry", "syscalls", "sys_exit_pwrite64");
+        using BpfObject obj = ExitAndEntryOn("pwrite64", reason: "count", isa: "pos", vcpu: "fd");
         int fd = UnusedFd();
         const uint Vmx = 1, Svm = 2, VmxFailedEntry = 0x8000_0000 | 30;
         int tid = OnOwnThread(() =>
@@ -134,10 +147,7 @@ public sealed partial class BpfProgramTests
     [KernelFact(Kvm = false)]
     public void Exit_handling_latency_is_the_time_between_exit_and_entry_in_the_agents_buckets()
     {
-        EventFormat enter = Format("syscalls", "sys_enter_clock_nanosleep");
-        using BpfObject obj = LoadAs(enter, reason: "which_clock", isa: "flags", vcpu: "which_clock");
-        obj.AttachTracepoint("kvmo_exit", "syscalls", "sys_enter_clock_nanosleep");
-        obj.AttachTracepoint("kvmo_entry", "syscalls", "sys_exit_clock_nanosleep");
+        using BpfObject obj = ExitAndEntryOn("clock_nanosleep", reason: "which_clock", isa: "flags", vcpu: "which_clock");
         const int Sleeps = 20;
         TimeSpan sleep = TimeSpan.FromMilliseconds(2);
         (int tid, long wallNs) = OnOwnThread(() =>
@@ -179,9 +189,7 @@ public sealed partial class BpfProgramTests
     {
         var formats = new TracefsFormats(Tracefs);
         KvmEventDecoders decoders = formats.Decoders();
-        FieldFormat? FieldOf(KvmEventKind kind, string name) =>
-            TracepointCatalog.All.FirstOrDefault(t => t.Kind == kind) is { } tp ? formats.Event(tp)?.Find(name) : null;
-        using BpfObject obj = BpfSource.Load(new BpfOptions(), FieldOf, decoders.ExitReasons.ImpliedIsa);
+        using BpfObject obj = BpfSource.Load(new BpfOptions(), BpfSource.FieldsOf(formats), decoders.ExitReasons.ImpliedIsa);
         var attached = new List<string>();
         foreach (TracepointStatus s in decoders.Statuses.Where(s => s.Available))
         {

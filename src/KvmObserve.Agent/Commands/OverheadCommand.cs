@@ -78,18 +78,18 @@ internal static class OverheadCommand
                 var formats = new TracefsFormats(root);
                 IReadOnlyList<(string, string)> events = formats.Decoders().Statuses.Where(s => s.Available)
                     .Select(s => (s.Tracepoint.System, s.Tracepoint.Name)).ToList();
-                var arms = new List<Func<IObserver>> { () => new NoObserver() };
+                var arms = new List<(string, Func<IObserver>)> { ("none", () => new NoObserver()) };
                 foreach (string s in sources)
-                    arms.Add(() => new AgentObserver(s));
+                    arms.Add((s, () => new AgentObserver(s)));
                 foreach (string r in references)
                 {
-                    arms.Add(r switch
+                    arms.Add((r, r switch
                     {
                         "drain" => () => new DrainObserver(root, events),
                         "perf-stat" => () => new PerfStatObserver(events),
                         "perf-record" => () => new PerfRecordObserver(events),
                         _ => () => new BpftraceObserver(events),
-                    });
+                    }));
                 }
                 var run = new OverheadRun(m, (uint)parse.GetValue(count), parse.GetValue(rounds), arms, Console.Error);
                 run.Run();
@@ -112,12 +112,8 @@ internal static class OverheadCommand
         var lines = new List<string>();
         foreach (string s in sources)
         {
-            ArmResult? arm = run.Results.FirstOrDefault(r => r.Name == $"agent --source {s}");
-            string reference = ReferenceOf(s);
-            ArmResult? refArm = run.Results.FirstOrDefault(r => r.Name.StartsWith(reference switch
-            {
-                "drain" => "drain", "perf-record" => "perf record", "perf-stat" => "perf stat", _ => "bpftrace",
-            }, StringComparison.Ordinal));
+            ArmResult? arm = run.Results.FirstOrDefault(r => r.Key == s);
+            ArmResult? refArm = run.Results.FirstOrDefault(r => r.Key == ReferenceOf(s));
             if (arm is null || refArm is null)
                 continue;
             double added = arm.AddedOver(run.Baseline), refAdded = refArm.AddedOver(run.Baseline);

@@ -79,6 +79,7 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
             WakeupPercent = options.WakeupPercent,
             PollTimeoutMs = options.PollTimeoutMs,
             MapRingBuffer = options.TracefsMmap,
+            Warn = message => Log.SourceWarning(logger, message),
             DiscoveryIntervalMs = options.DiscoveryIntervalMs,
             Events = MetricSelection.TracepointsFor(options.Metrics),
         };
@@ -87,13 +88,9 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
             Log.StaleInstanceRemoved(logger, stale);
         _source = Create(name, sourceOptions, aggregator, host.TracefsRoot!,
             new BpfOptions { MapEntries = options.BpfMapEntries, Stats = options.BpfStats });
-        if (_source is PerfCountingSource counting)
-            counting.Warn = message => Log.SourceWarning(logger, message);
-        if (_source is BpfSource bpf)
-            bpf.Warn = message => Log.SourceWarning(logger, message);
         if (options.FlightRecorderDirectory is string directory)
         {
-            if (_source is PerfCountingSource or BpfSource)
+            if (!_source.HasRecords)
                 Log.SourceWarning(logger, $"--flight-recorder: off, because source {name} counts in the kernel and has no records to keep (use --source tracefs or perf)");
             else
             {
@@ -103,11 +100,6 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
             }
         }
         _source.Start();
-        if (_source is TracefsSource tracefs)
-        {
-            foreach (string failure in tracefs.MapFailures)
-                Log.SourceWarning(logger, failure);
-        }
         foreach (TracepointState t in _source.Tracepoints)
         {
             if (!t.Enabled)
@@ -136,7 +128,7 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
         Unattributed = source.UnattributedOf,
         Wakeups = () => source.Wakeups,
         Bpf = source is BpfSource bpf
-            ? () => new BpfSelf(bpf.CostAccounted, bpf.ProgramCosts().Select(c => (c.Program, c.RunTimeNs, c.Runs)).ToList(), bpf.MapFull, bpf.StateFull)
+            ? () => new BpfSelf(bpf.CostAccounted, bpf.ProgramCosts(), bpf.MapFull, bpf.StateFull)
             : null,
         Schedstat = schedstat,
         Storms = storms,

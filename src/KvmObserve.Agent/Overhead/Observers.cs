@@ -254,102 +254,94 @@ public sealed class DrainObserver(string tracefsRoot, IReadOnlyList<(string Syst
     }
 }
 
-/// <summary>`perf stat -a` counting the same tracepoints: what counting in the kernel costs, perf's way.</summary>
-public sealed class PerfStatObserver(IReadOnlyList<(string System, string Name)> events) : IObserver, IDisposable
+/// <summary>A reference observer that is another tool in its own process: started before the run, ready once it
+/// observes, stopped with SIGINT after it, when it prints what it saw.</summary>
+internal abstract class ToolObserver(string tool, string package) : IObserver, IDisposable
 {
-    private Child? _perf;
+    private Child? _child;
 
-    public string Name => "perf stat -a";
+    public abstract string Name { get; }
+
+    /// <summary>The command line to start, given the tool's path.</summary>
+    protected abstract (string File, string[] Args) Command(string path);
+
+    /// <summary>Returns once the started tool observes (it has opened its counters or attached its probes).</summary>
+    protected abstract void WaitReady(Child child);
+
+    /// <summary>Events of the driven kind the tool printed on its way out (-1: it prints none).</summary>
+    protected virtual long Observed(string output) => -1;
 
     public void Start()
     {
-        string perf = Tools.Find("perf") ?? throw new InvalidOperationException("perf is not installed (apt-get install linux-perf)");
-        _perf = new Child(perf, ["stat", "-a", "-x", ",", "-e", string.Join(',', events.Select(e => $"{e.System}:{e.Name}"))]);
-        Thread.Sleep(1000); // perf prints nothing until it ends: time to open its counters
-        if (_perf.HasExited)
-            throw new InvalidOperationException($"perf stat: {_perf.Output}");
+        string path = Tools.Find(tool) ?? throw new InvalidOperationException($"{tool} is not installed (apt-get install {package})");
+        (string file, string[] args) = Command(path);
+        _child = new Child(file, args);
+        WaitReady(_child);
+        if (_child.HasExited)
+            throw new InvalidOperationException($"{Name}: {_child.Output}");
     }
 
     public void Mark() { }
 
     public ObserverRun Finish(long events)
     {
-        _perf!.Stop(2, TimeSpan.FromSeconds(10)); // SIGINT: perf prints its counts
-        long pio = _perf.Output.Split('\n').Where(l => l.Contains("kvm:kvm_pio", StringComparison.Ordinal))
-            .Select(l => long.TryParse(l.Split(',')[0], CultureInfo.InvariantCulture, out long n) ? n : 0).Sum();
-        _perf.Dispose();
-        _perf = null;
-        return new ObserverRun(pio, -1);
+        _child!.Stop(2, TimeSpan.FromSeconds(20)); // SIGINT: the tool prints its counts and exits
+        long observed = Observed(_child.Output);
+        _child.Dispose();
+        _child = null;
+        return new ObserverRun(observed, -1);
     }
 
-    public void Dispose() => _perf?.Dispose();
+    public void Dispose() => _child?.Dispose();
+
+    protected static string EventList(IEnumerable<(string System, string Name)> events) =>
+        string.Join(',', events.Select(e => $"{e.System}:{e.Name}"));
+}
+
+/// <summary>`perf stat -a` counting the same tracepoints: what counting in the kernel costs, perf's way.</summary>
+internal sealed class PerfStatObserver(IReadOnlyList<(string System, string Name)> events) : ToolObserver("perf", "linux-perf")
+{
+    public override string Name => "perf stat -a";
+
+    protected override (string File, string[] Args) Command(string path) => (path, ["stat", "-a", "-x", ",", "-e", EventList(events)]);
+
+    protected override void WaitReady(Child child) => Thread.Sleep(1000); // perf prints nothing until it ends
+
+    protected override long Observed(string output) => output.Split('\n').Where(l => l.Contains("kvm:kvm_pio", StringComparison.Ordinal))
+        .Select(l => long.TryParse(l.Split(',')[0], CultureInfo.InvariantCulture, out long n) ? n : 0).Sum();
 }
 
 /// <summary>`perf record -a` of the same tracepoints (every sample, raw record included), written to nowhere: the
 /// plain drain of perf's own rings, what the perf source is held against.</summary>
-public sealed class PerfRecordObserver(IReadOnlyList<(string System, string Name)> events) : IObserver, IDisposable
+internal sealed class PerfRecordObserver(IReadOnlyList<(string System, string Name)> events) : ToolObserver("perf", "linux-perf")
 {
-    private Child? _perf;
+    public override string Name => "perf record -a -R > /dev/null";
 
-    public string Name => "perf record -a -R > /dev/null";
+    protected override (string File, string[] Args) Command(string path) =>
+        ("/bin/sh", ["-c", $"exec '{path}' record -a -R -e '{EventList(events)}' -o - > /dev/null"]);
 
-    public void Start()
-    {
-        string perf = Tools.Find("perf") ?? throw new InvalidOperationException("perf is not installed (apt-get install linux-perf)");
-        string list = string.Join(',', events.Select(e => $"{e.System}:{e.Name}"));
-        _perf = new Child("/bin/sh", ["-c", $"exec '{perf}' record -a -R -e '{list}' -o - > /dev/null"]);
-        Thread.Sleep(1500); // perf opens and maps its rings
-        if (_perf.HasExited)
-            throw new InvalidOperationException($"perf record: {_perf.Output}");
-    }
-
-    public void Mark() { }
-
-    public ObserverRun Finish(long events)
-    {
-        _perf!.Stop(2, TimeSpan.FromSeconds(10));
-        _perf.Dispose();
-        _perf = null;
-        return new ObserverRun(-1, -1);
-    }
-
-    public void Dispose() => _perf?.Dispose();
+    protected override void WaitReady(Child child) => Thread.Sleep(1500); // perf opens and maps its rings
 }
 
 /// <summary>bpftrace counting the same tracepoints into BPF maps, one unkeyed count per tracepoint (the cheapest
 /// program bpftrace makes for it): the reference for in-kernel aggregation.</summary>
-public sealed class BpftraceObserver(IReadOnlyList<(string System, string Name)> events) : IObserver, IDisposable
+internal sealed class BpftraceObserver(IReadOnlyList<(string System, string Name)> events) : ToolObserver("bpftrace", "bpftrace")
 {
-    private Child? _bpftrace;
+    public override string Name => "bpftrace @event = count()";
 
-    public string Name => "bpftrace @event = count()";
+    protected override (string File, string[] Args) Command(string path) =>
+        (path, ["-e", string.Join(" ", events.Select(e => $"tracepoint:{e.System}:{e.Name} {{ @{e.Name} = count(); }}"))]);
 
-    public void Start()
+    protected override void WaitReady(Child child)
     {
-        string bpftrace = Tools.Find("bpftrace") ?? throw new InvalidOperationException("bpftrace is not installed (apt-get install bpftrace)");
-        string program = string.Join(" ", events.Select(e => $"tracepoint:{e.System}:{e.Name} {{ @{e.Name} = count(); }}"));
-        _bpftrace = new Child(bpftrace, ["-e", program]);
         DateTime until = DateTime.UtcNow.AddSeconds(60);
-        while (!_bpftrace.Output.Contains("Attaching", StringComparison.Ordinal) && !_bpftrace.HasExited && DateTime.UtcNow < until)
+        while (!child.Output.Contains("Attaching", StringComparison.Ordinal) && !child.HasExited && DateTime.UtcNow < until)
             Thread.Sleep(50);
         Thread.Sleep(300); // "Attaching N probes..." comes before the attaching is done
-        if (_bpftrace.HasExited)
-            throw new InvalidOperationException($"bpftrace: {_bpftrace.Output}");
     }
 
-    public void Mark() { }
-
-    public ObserverRun Finish(long events)
-    {
-        _bpftrace!.Stop(2, TimeSpan.FromSeconds(20)); // SIGINT: bpftrace prints its map
-        long pio = _bpftrace.Output.Split('\n').Where(l => l.StartsWith("@kvm_pio:", StringComparison.Ordinal))
-            .Select(l => long.Parse(l["@kvm_pio:".Length..].Trim(), CultureInfo.InvariantCulture)).Sum();
-        _bpftrace.Dispose();
-        _bpftrace = null;
-        return new ObserverRun(pio, -1);
-    }
-
-    public void Dispose() => _bpftrace?.Dispose();
+    protected override long Observed(string output) => output.Split('\n').Where(l => l.StartsWith("@kvm_pio:", StringComparison.Ordinal))
+        .Select(l => long.Parse(l["@kvm_pio:".Length..].Trim(), CultureInfo.InvariantCulture)).Sum();
 }
 
 internal static class Tools

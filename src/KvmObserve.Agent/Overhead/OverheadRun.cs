@@ -6,8 +6,11 @@ using KvmObserve.Workload;
 namespace KvmObserve.Agent.Overhead;
 
 /// <summary>What one arm measured over every round.</summary>
-public sealed class ArmResult(string name)
+public sealed class ArmResult(string key, string name)
 {
+    /// <summary>What the arm was asked as: "none", a source (bpf, tracefs, ...) or a reference (drain, bpftrace, ...).</summary>
+    public string Key { get; } = key;
+
     public string Name { get; } = name;
 
     /// <summary>Round-trip time per exit of each round (ns).</summary>
@@ -48,7 +51,7 @@ public static class Stats
 /// interleaved: every round runs every arm once, starting at a different arm each round, so the machine's drift
 /// spreads over all of them. Medians over the rounds; added ns per exit are each arm's median minus no probes'.
 /// </summary>
-public sealed class OverheadRun(LoadMode mode, uint count, int rounds, IReadOnlyList<Func<IObserver>> arms, TextWriter log)
+public sealed class OverheadRun(LoadMode mode, uint count, int rounds, IReadOnlyList<(string Key, Func<IObserver> Make)> arms, TextWriter log)
 {
     public List<ArmResult> Results { get; } = new();
 
@@ -64,10 +67,10 @@ public sealed class OverheadRun(LoadMode mode, uint count, int rounds, IReadOnly
             for (int k = 0; k < arms.Count; k++)
             {
                 int a = (round + k) % arms.Count;
-                IObserver observer = arms[a]();
+                IObserver observer = arms[a].Make();
                 try
                 {
-                    results[a] ??= new ArmResult(observer.Name);
+                    results[a] ??= new ArmResult(arms[a].Key, observer.Name);
                     observer.Start();
                     // A short VM first, unmeasured: the observer meets a new VM (discovery, naming, its first reads)
                     // and is past its own start-up, so the measured run sees it in its steady state.
@@ -125,6 +128,7 @@ public sealed class OverheadRun(LoadMode mode, uint count, int rounds, IReadOnly
             foreach (ArmResult r in Results)
             {
                 w.WriteStartObject();
+                w.WriteString("arm", r.Key);
                 w.WriteString("observer", r.Name);
                 w.WriteNumber("median_ns_per_exit", Math.Round(r.Median, 1));
                 w.WriteNumber("min_ns_per_exit", Math.Round(r.Min, 1));

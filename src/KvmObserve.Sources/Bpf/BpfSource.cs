@@ -26,9 +26,6 @@ public sealed class BpfOptions
     public static string DefaultObjectPath => Path.Combine(AppContext.BaseDirectory, "probes", "kvmobserve.bpf.o");
 }
 
-/// <summary>A loaded program's cost as the kernel accounts it (zero while its run-time accounting is off).</summary>
-public sealed record ProgramCost(string Program, ulong RunTimeNs, ulong Runs);
-
 /// <summary>
 /// Counts kvm events in the kernel with the BPF programs of probes/: each event is aggregated where it happens, in
 /// per-CPU maps keyed by (VMM pid, thread, vCPU, family, key), exit-handling latency paired per thread in the kernel
@@ -41,11 +38,9 @@ public sealed class BpfSource : IEventSource
     private readonly SourceOptions _options;
     private readonly BpfOptions _bpf;
     private readonly Aggregator _aggregator;
-    private readonly TracefsFormats _formats;
-    private readonly Dictionary<KvmEventKind, EventFormat?> _formatByKind = new();
+    private readonly Func<KvmEventKind, string, FieldFormat?> _fieldOf;
     private readonly object _gate = new();
     private readonly Dictionary<SeriesKey, long> _last = new();
-    private readonly Dictionary<int, long> _firstOld = new();
     private readonly Dictionary<int, (long PollNs, long FirstOld, int Vcpu)> _threadStates = new();
     private readonly HashSet<int> _tids = new();
     private readonly long[] _stats = new long[BpfLayout.StatSlots];
@@ -65,8 +60,9 @@ public sealed class BpfSource : IEventSource
         _options = options;
         _bpf = bpf ?? new BpfOptions();
         _aggregator = aggregator;
-        _formats = new TracefsFormats(tracefsRoot);
-        Decoders = _formats.Decoders();
+        var formats = new TracefsFormats(tracefsRoot);
+        Decoders = formats.Decoders();
+        _fieldOf = FieldsOf(formats);
     }
 
     public string Name => "bpf";
@@ -75,8 +71,7 @@ public sealed class BpfSource : IEventSource
 
     public IReadOnlyList<TracepointState> Tracepoints => _tracepoints;
 
-    /// <summary>Warnings worth one log line each (a tracepoint that could not be attached).</summary>
-    public Action<string>? Warn { get; set; }
+    public bool HasRecords => false;
 
     /// <summary>Increments the counts map had no room for, even under "other" (kvmo_stats).</summary>
     public long MapFull { get { lock (_gate) return _stats[BpfLayout.StatMapFull]; } }
@@ -84,21 +79,27 @@ public sealed class BpfSource : IEventSource
     /// <summary>Threads the kernel's state map could not take (their pairing and halt state were skipped).</summary>
     public long StateFull { get { lock (_gate) return _stats[BpfLayout.StatStateFull]; } }
 
-    private FieldFormat? FieldOf(KvmEventKind kind, string name)
+    /// <summary>A field of an event of this kernel, by the event's kind and the field's name, from its format file
+    /// (each read once); null where the event or the field does not exist.</summary>
+    public static Func<KvmEventKind, string, FieldFormat?> FieldsOf(TracefsFormats formats)
     {
-        if (!_formatByKind.TryGetValue(kind, out EventFormat? format))
+        var byKind = new Dictionary<KvmEventKind, EventFormat?>();
+        return (kind, name) =>
         {
-            Tracepoint? tp = TracepointCatalog.All.FirstOrDefault(t => t.Kind == kind);
-            _formatByKind[kind] = format = tp is null ? null : _formats.Event(tp);
-        }
-        return format?.Find(name);
+            if (!byKind.TryGetValue(kind, out EventFormat? format))
+            {
+                Tracepoint? tp = TracepointCatalog.All.FirstOrDefault(t => t.Kind == kind);
+                byKind[kind] = format = tp is null ? null : formats.Event(tp);
+            }
+            return format?.Find(name);
+        };
     }
 
     public void Start()
     {
         try
         {
-            _object = Load(_bpf, FieldOf, Decoders.ExitReasons.ImpliedIsa);
+            _object = Load(_bpf, _fieldOf, Decoders.ExitReasons.ImpliedIsa);
             _programs = _object.Programs();
             var states = new List<TracepointState>();
             foreach (TracepointStatus s in Decoders.Statuses)
@@ -109,7 +110,7 @@ public sealed class BpfSource : IEventSource
                     states.Add(new TracepointState(s, false));
                     continue;
                 }
-                string missing = BpfLayout.MissingFields(s.Tracepoint.Kind, FieldOf);
+                string missing = BpfLayout.MissingFields(s.Tracepoint.Kind, _fieldOf);
                 if (missing.Length > 0)
                 {
                     states.Add(new TracepointState(s with { Problem = $"its format has no {missing}" }, false));
@@ -124,7 +125,7 @@ public sealed class BpfSource : IEventSource
                 }
                 catch (BpfException e)
                 {
-                    Warn?.Invoke($"bpf: {e.Message}");
+                    _options.Warn?.Invoke($"bpf: {e.Message}");
                     states.Add(new TracepointState(s with { Problem = e.Message }, false));
                 }
             }
@@ -194,10 +195,7 @@ public sealed class BpfSource : IEventSource
         try
         {
             var formats = new TracefsFormats(tracefsRoot);
-            KvmEventDecoders decoders = formats.Decoders();
-            FieldFormat? FieldOf(KvmEventKind kind, string name) =>
-                TracepointCatalog.All.FirstOrDefault(t => t.Kind == kind) is { } tp ? formats.Event(tp)?.Find(name) : null;
-            using BpfObject obj = Load(bpf, FieldOf, decoders.ExitReasons.ImpliedIsa);
+            using BpfObject obj = Load(bpf, FieldsOf(formats), formats.Decoders().ExitReasons.ImpliedIsa);
             return null;
         }
         catch (BpfException e)
@@ -211,9 +209,9 @@ public sealed class BpfSource : IEventSource
     }
 
     /// <summary>The programs' own cost, where the kernel accounts it (kernel.bpf_stats_enabled, or --bpf-stats).</summary>
-    public IReadOnlyList<ProgramCost> ProgramCosts()
+    public IReadOnlyList<(string Program, ulong RunTimeNs, ulong Runs)> ProgramCosts()
     {
-        var costs = new List<ProgramCost>();
+        var costs = new List<(string, ulong, ulong)>();
         lock (_gate)
         {
             if (_object is null)
@@ -221,7 +219,7 @@ public sealed class BpfSource : IEventSource
             foreach ((string name, int fd) in _programs)
             {
                 if (BpfProgramStats.Read(fd) is (ulong ns, ulong runs))
-                    costs.Add(new ProgramCost(name, ns, runs));
+                    costs.Add((name, ns, runs));
             }
         }
         return costs;
@@ -239,7 +237,7 @@ public sealed class BpfSource : IEventSource
         byte[] key = BitConverter.GetBytes(BpfLayout.StatNewSeries);
         var value = new byte[8 * BpfMap.PossibleCpus];
         long seen = 0;
-        while (!stop.WaitOne(_options.PollTimeoutMs))
+        while (!stop.WaitOne(NewSeriesPollMs))
         {
             long created;
             lock (_gate)
@@ -258,6 +256,10 @@ public sealed class BpfSource : IEventSource
     }
 
     private long _wakeups;
+
+    /// <summary>How often the watcher looks (one lookup of one per-CPU counter, ~50 syscalls a second): a VM that lives
+    /// 60 ms must still be running when its first series is added, for its name to be read from procfs.</summary>
+    private const int NewSeriesPollMs = 20;
 
     /// <summary>Times the watcher has woken to look for new threads.</summary>
     public long Wakeups => Interlocked.Read(ref _wakeups);
@@ -329,7 +331,6 @@ public sealed class BpfSource : IEventSource
         {
             int tid = BitConverter.ToInt32(_threads.Key(i));
             (long pollNs, long firstOld, int vcpu) state = BpfLayout.ReadThreadState(_threads.Value(i));
-            _firstOld[tid] = state.firstOld;
             _tids.Add(tid);
             if (_threadStates.TryGetValue(tid, out var known) && known == state)
                 continue;
@@ -344,7 +345,7 @@ public sealed class BpfSource : IEventSource
     private void CountUnclassifiedHalts(SeriesTable series, SeriesKey key, long delta)
     {
         bool waited = (key.Label1 & 1) != 0;
-        long firstOld = _firstOld.TryGetValue(key.Tid, out long f) ? f : -1;
+        long firstOld = _threadStates.TryGetValue(key.Tid, out var state) ? state.FirstOld : -1;
         long window = _aggregator.States.ClassifyOrHold(key.Tid, waited, key.Family, key.Label2, delta, firstOld);
         if (window == -1)
             return; // held
@@ -378,7 +379,6 @@ public sealed class BpfSource : IEventSource
         {
             _threads!.Delete(BitConverter.GetBytes(tid));
             _threadStates.Remove(tid);
-            _firstOld.Remove(tid);
         }
     }
 

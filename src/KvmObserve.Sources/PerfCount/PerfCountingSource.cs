@@ -57,8 +57,9 @@ public sealed class PerfCountingSource : IEventSource
 
     public IReadOnlyList<TracepointState> Tracepoints => _tracepoints;
 
-    /// <summary>Warnings worth one log line each (fd limit reached, a thread that could not be attached).</summary>
-    public Action<string>? Warn { get; set; }
+    public bool HasRecords => false;
+
+    private Action<string>? Warn => _options.Warn;
 
     /// <summary>Events the system-wide counters saw that no attached thread accounts for (threads not yet attached).</summary>
     public long UnattributedOf(KvmEventKind kind) { lock (_gate) return _unattributed[(int)kind]; }

@@ -64,15 +64,41 @@ internal sealed class CpuReader
     /// <summary>TRACE_MMAP_IOCTL_GET_READER, include/uapi/linux/trace_mmap.h: _IO('R', 0x20).</summary>
     private static readonly ulong GetReader = IoctlNumber.Io('R', 0x20);
 
-    /// <summary>Whether this reader reads the ring buffer through its memory map (false: read() copies).</summary>
-    public bool Mapped { get; private set; }
-
+    /// <summary>Waits for the kernel (poll wakes at the instance's buffer_percent, or at the timeout) and drains what
+    /// it has, through the memory map where there is one, else through read() copies; on stop, drains once more.</summary>
     private void Run()
     {
-        if (_meta is not null && _data is not null)
-            RunMapped(_meta, _data);
-        else
-            RunCopying();
+        var handler = new RecordHandler(_decoders, _shard);
+        Pipe? pipe = _data is null ? new Pipe(new PipeOptions(
+            readerScheduler: PipeScheduler.Inline, writerScheduler: PipeScheduler.Inline,
+            pauseWriterThreshold: 0, minimumSegmentSize: _layout.PageSize, useSynchronizationContext: false)) : null;
+        try
+        {
+            while (true)
+            {
+                bool stopping = _stopping;
+                if (!stopping)
+                {
+                    Sys.PollReadable(_fd, _wake, _pollTimeoutMs);
+                    Interlocked.Increment(ref Wakeups);
+                }
+                if (pipe is null)
+                    DrainMapped(ref handler);
+                else
+                    Drain(pipe, ref handler);
+                if (stopping)
+                    break;
+            }
+        }
+        catch (Exception e)
+        {
+            Failure = e;
+        }
+        finally
+        {
+            pipe?.Writer.Complete();
+            pipe?.Reader.Complete();
+        }
     }
 
     private MappedRegion? _meta, _data;
@@ -94,7 +120,6 @@ internal sealed class CpuReader
             if (subbufSize != _layout.PageSize)
                 throw new NativeErrorException($"sub-buffers of {subbufSize} bytes, pages of {_layout.PageSize}", 22);
             _data = MappedRegion.Shared(_fd, (nuint)subbufSize * subbufs, writable: false, offset: metaSize);
-            Mapped = true;
         }
         catch (NativeErrorException e)
         {
@@ -108,94 +133,47 @@ internal sealed class CpuReader
     /// <summary>Why the memory map could not be used (null when it was, or was not asked for).</summary>
     public string? MapFailure { get; private set; }
 
+    // The mapped reader page: which sub-buffer it was, how far it was parsed, and the running time there.
+    private int _readerId = -1, _position;
+    private ulong _timestamp;
+
     /// <summary>The mapped ring buffer (Documentation/trace/ring-buffer-map.rst): after each GET_READER ioctl the meta
     /// page names the reader sub-buffer and how far the kernel counts it read; what it gained since the last call is
-    /// parsed in place. No copies: the pages are the kernel's.</summary>
-    private unsafe void RunMapped(MappedRegion meta, MappedRegion data)
+    /// parsed in place, until the kernel has nothing new. No copies: the pages are the kernel's.</summary>
+    private unsafe void DrainMapped(ref RecordHandler handler)
     {
-        var handler = new RecordHandler(_decoders, _shard);
-        int subbufSize = (int)*(uint*)(meta.Pointer + 8);
-        int lastId = -1, position = 0;
-        ulong timestamp = 0;
-        try
+        byte* meta = _meta!.Pointer;
+        int subbufSize = _layout.PageSize;
+        while (true)
         {
-            while (true)
+            ulong before = ThreadStates.MonotonicNow(); // CLOCK_MONOTONIC ns, the instance's trace clock
+            int rc = Sys.TryIoctl(_fd, GetReader, 0);
+            if (rc < 0)
+                throw new NativeErrorException($"ioctl(trace_pipe_raw cpu{Cpu}, TRACE_MMAP_IOCTL_GET_READER)", -rc);
+            int id = (int)Volatile.Read(ref *(uint*)(meta + 24));   // reader.id
+            int end = (int)Volatile.Read(ref *(uint*)(meta + 28));  // reader.read: bytes the kernel counts read
+            if (id != _readerId)
             {
-                bool stopping = _stopping;
-                if (!stopping)
+                _readerId = id;
+                _position = 0;
+                ulong lost = *(ulong*)(meta + 16);                  // reader.lost_events, at this swap
+                if (lost > 0)
                 {
-                    Sys.PollReadable(_fd, _wake, _pollTimeoutMs);
-                    Interlocked.Increment(ref Wakeups);
-                }
-                while (true)
-                {
-                    ulong before = ThreadStates.MonotonicNow();
-                    int rc = Sys.TryIoctl(_fd, GetReader, 0);
-                    if (rc < 0)
-                        throw new NativeErrorException($"ioctl(trace_pipe_raw cpu{Cpu}, TRACE_MMAP_IOCTL_GET_READER)", -rc);
-                    int id = (int)Volatile.Read(ref *(uint*)(meta.Pointer + 24));
-                    int end = (int)Volatile.Read(ref *(uint*)(meta.Pointer + 28));
-                    if (id != lastId)
-                    {
-                        lastId = id;
-                        position = 0;
-                        ulong lost = *(ulong*)(meta.Pointer + 16);
-                        if (lost > 0)
-                        {
-                            lock (_shard.Gate)
-                                handler.OnEventsLost(lost, exact: true);
-                        }
-                    }
-                    if (end <= position)
-                    {
-                        _shard.States.Advance(Cpu, before); // caught up, as after a read that found nothing
-                        break;
-                    }
-                    var page = new ReadOnlySpan<byte>(data.Pointer + (long)id * subbufSize, subbufSize);
-                    int from = position;
                     lock (_shard.Gate)
-                        Decoding.RingBuffer.RingBufferPageReader.ReadAppended(page, _layout, end, ref position, ref timestamp, ref handler);
-                    _shard.CountBytes(position - from);
+                        handler.OnEventsLost(lost, exact: true);
                 }
-                if (stopping)
-                    break;
             }
-        }
-        catch (Exception e)
-        {
-            Failure = e;
-        }
-    }
-
-    private void RunCopying()
-    {
-        var pipe = new Pipe(new PipeOptions(
-            readerScheduler: PipeScheduler.Inline, writerScheduler: PipeScheduler.Inline,
-            pauseWriterThreshold: 0, minimumSegmentSize: _layout.PageSize, useSynchronizationContext: false));
-        var handler = new RecordHandler(_decoders, _shard);
-        try
-        {
-            while (true)
+            if (end <= _position)
             {
-                bool stopping = _stopping;
-                if (!stopping)
-                {
-                    Sys.PollReadable(_fd, _wake, _pollTimeoutMs);
-                    Interlocked.Increment(ref Wakeups);
-                }
-                Drain(pipe, ref handler);
-                if (stopping)
-                    break;
+                // Caught up: every record this CPU wrote before the ioctl is handled, so pairs waiting on it can close.
+                _shard.States.Advance(Cpu, before);
+                return;
             }
-        }
-        catch (Exception e)
-        {
-            Failure = e;
-        }
-        finally
-        {
-            pipe.Writer.Complete();
-            pipe.Reader.Complete();
+            var page = new ReadOnlySpan<byte>(_data!.Pointer + (long)id * subbufSize, subbufSize);
+            int from = _position;
+            lock (_shard.Gate)
+                Decoding.RingBuffer.RingBufferPageReader.ReadAppended(page, _layout, end, ref _position, ref _timestamp, ref handler);
+            _shard.CountBytes(_position - from);
         }
     }
 

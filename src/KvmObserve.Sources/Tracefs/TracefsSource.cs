@@ -47,9 +47,6 @@ public sealed class TracefsSource : IEventSource
 
     public long Wakeups => _readers.Sum(r => Interlocked.Read(ref r.Wakeups));
 
-    /// <summary>Why a CPU's ring buffer is read through copies although its memory map was asked for (empty: none).</summary>
-    public IReadOnlyList<string> MapFailures => _readers.Select(r => r.MapFailure).OfType<string>().ToList();
-
     public void Start()
     {
         string? headerProblem = Formats.CheckEventHeader();
@@ -79,8 +76,11 @@ public sealed class TracefsSource : IEventSource
             {
                 if (cpu >= _aggregator.Shards.Count)
                     throw new InvalidOperationException($"cpu{cpu} has no shard ({_aggregator.Shards.Count} shards)");
-                _readers.Add(new CpuReader(cpu, _instance.PipeRawPath(cpu), _wake, layout, Decoders,
-                    _aggregator.Shards[cpu], _options.PollTimeoutMs, _options.MapRingBuffer));
+                var reader = new CpuReader(cpu, _instance.PipeRawPath(cpu), _wake, layout, Decoders,
+                    _aggregator.Shards[cpu], _options.PollTimeoutMs, _options.MapRingBuffer);
+                _readers.Add(reader);
+                if (reader.MapFailure is string failure)
+                    _options.Warn?.Invoke(failure);
             }
             foreach (CpuReader r in _readers)
                 r.Start();
