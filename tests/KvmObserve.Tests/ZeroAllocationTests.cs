@@ -1,3 +1,4 @@
+using System.Runtime;
 using KvmObserve.Aggregation;
 using KvmObserve.Decoding.Events;
 using KvmObserve.Decoding.Format;
@@ -8,12 +9,17 @@ namespace KvmObserve.Tests;
 
 /// <summary>
 /// The hot path allocates nothing: one million encoded records of an Intel/AMD-like mix (kvm_exit/kvm_entry pairs from
-/// 8 vCPU threads, userspace exits, PIO, MSR) decoded and aggregated, as a tracefs reader does per page, after one warm-up
-/// pass that creates the series and thread states.
+/// 8 vCPU threads, userspace exits, PIO, MSR) decoded and aggregated, as a tracefs reader does per page, once the
+/// series and thread states exist and the JIT has finished with the hot path.
 /// </summary>
-/// <remarks>Runs alone (its own collection, parallelization off): once in about nine full-suite runs, 6,000 bytes
-/// were counted on this thread while other test classes ran beside it; alone (6 of 6) and under BenchmarkDotNet
-/// (0 B) it is zero. The cause was not found; the figure is meant to be the hot path's alone.</remarks>
+/// <remarks>
+/// Twice (once in about nine local full-suite runs, once in CI) a few KB were counted on this thread while the same
+/// code allocated 0 B alone and under BenchmarkDotNet. The counter is exact only between collections (a GC fixes up
+/// the thread's allocation context), and tier-up can still be in flight after a single warm-up pass. So the warm-up
+/// runs until no method is compiled any more, and the million records are measured in a no-GC region. The failure
+/// message says how many collections and compilations fell into the measurement and what each tenth allocated, so a
+/// real per-record allocation (every tenth) is told apart from a one-off.
+/// </remarks>
 [Collection("alone: allocations")]
 public sealed class ZeroAllocationTests
 {
@@ -35,18 +41,61 @@ public sealed class ZeroAllocationTests
             return n;
         }
 
-        Assert.Equal(events, Pass()); // warm-up: series entries, thread slots, JIT
-        int passes = (1_000_000 + events - 1) / events;
-        long before = GC.GetAllocatedBytesForCurrentThread();
+        Assert.Equal(events, Pass()); // creates the series entries and thread slots
+        SettleJit(() => Pass());
+
+        const int Tenths = 10;
+        int passesPerTenth = (100_000 + events - 1) / events;
+        long[] allocatedByTenth = new long[Tenths];
         long decoded = 0;
-        for (int i = 0; i < passes; i++)
-            decoded += Pass();
-        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        int gcsBefore = GC.CollectionCount(0);
+        long jitBefore = System.Runtime.JitInfo.GetCompiledMethodCount();
+        bool noGc = GC.TryStartNoGCRegion(16 << 20);
+        try
+        {
+            for (int t = 0; t < Tenths; t++)
+            {
+                long before = GC.GetAllocatedBytesForCurrentThread();
+                for (int i = 0; i < passesPerTenth; i++)
+                    decoded += Pass();
+                allocatedByTenth[t] = GC.GetAllocatedBytesForCurrentThread() - before;
+            }
+        }
+        finally
+        {
+            if (noGc && GCSettings.LatencyMode == GCLatencyMode.NoGCRegion)
+                GC.EndNoGCRegion();
+        }
+        int gcs = GC.CollectionCount(0) - gcsBefore;
+        long compiled = System.Runtime.JitInfo.GetCompiledMethodCount() - jitBefore;
+
         Assert.True(decoded >= 1_000_000, $"only {decoded} records");
-        Assert.Equal(0, allocated);
+        Assert.True(allocatedByTenth.Sum() == 0,
+            $"{allocatedByTenth.Sum()} B allocated over {decoded} records; by tenth: {string.Join(", ", allocatedByTenth)}; "
+            + $"no-GC region: {noGc}, collections during: {gcs}, methods compiled during: {compiled}");
         Assert.Equal(0, Enum.GetValues<KvmEventKind>().Sum(k => shard.DecodeErrorsOf(k)));
         Assert.Equal(0, shard.CorruptPages);
         Assert.True(shard.EventsOf(KvmEventKind.Exit) > 400_000);
+    }
+
+    /// <summary>Runs <paramref name="pass"/> until the JIT has compiled nothing more for a quarter second (tier-1
+    /// promotion waits out 100 ms of quiet after 30 calls, then compiles in the background), at most 10 s.</summary>
+    private static void SettleJit(Action pass)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        for (int i = 0; i < 40; i++)
+            pass();
+        long compiled = -1;
+        while (DateTime.UtcNow < deadline)
+        {
+            long now = System.Runtime.JitInfo.GetCompiledMethodCount();
+            if (now == compiled)
+                return;
+            compiled = now;
+            Thread.Sleep(250);
+            for (int i = 0; i < 5; i++)
+                pass();
+        }
     }
 }
 
