@@ -42,15 +42,15 @@ public class CounterPlanTests
     [Fact]
     public void Other_is_the_total_less_every_listed_key()
     {
-        CounterPlan plan = Plan(KvmIsa.Svm, new CountingKeys { Ports = [0x3f8, 0x80] });
+        CounterPlan plan = Plan(KvmIsa.Svm, new CountingKeys { Keyed = KeyedFamilies.Ports, Ports = [0x3f8, 0x80] });
         var pio = plan.Counters.Select((c, i) => (c, i)).Where(x => x.c.Tracepoint.Name == "kvm_pio").ToDictionary(x => x.c.Filter ?? "total", x => x.i);
-        Assert.Equal(["total", "rw == 0", "port == 1016 && rw == 0", "port == 128 && rw == 0", "rw == 1", "port == 1016 && rw == 1", "port == 128 && rw == 1"], pio.Keys);
+        // One counter tells the directions apart: the reads are what the total leaves.
+        Assert.Equal(["total", "rw == 1", "port == 1016 && rw == 0", "port == 128 && rw == 0", "port == 1016 && rw == 1", "port == 128 && rw == 1"], pio.Keys);
 
         // One group read: 10 out to 0x3f8, 4 out to 0x80, 3 out and 2 in elsewhere.
         var values = new long[plan.Counters.Count];
         values[pio["total"]] = 19;
         values[pio["rw == 1"]] = 17;
-        values[pio["rw == 0"]] = 2;
         values[pio["port == 1016 && rw == 1"]] = 10;
         values[pio["port == 128 && rw == 1"]] = 4;
         var series = plan.Outputs.Where(o => o.Family == MetricFamily.Pio)
@@ -65,7 +65,7 @@ public class CounterPlanTests
     [Fact]
     public void Userspace_exits_split_restarts_and_errors_from_reasons()
     {
-        CounterPlan plan = Plan(KvmIsa.Svm);
+        CounterPlan plan = Plan(KvmIsa.Svm, new CountingKeys { Keyed = KeyedFamilies.All });
         var filters = plan.Counters.Where(c => c.Tracepoint.Name == "kvm_userspace_exit").Select(c => c.Filter).ToList();
         Assert.Contains("errno == 0 && reason == 2", filters); // KVM_EXIT_IO
         Assert.Contains("errno == -4", filters);
@@ -82,7 +82,46 @@ public class CounterPlanTests
         values[wake[1].Plus[0]] = 100; // total
         values[wake[0].Plus[0]] = 30;  // waited == 0
         Assert.Equal(70, CounterPlan.Evaluate(wake[1], values));
-        Assert.All(plan.Outputs.Where(o => o.Family == MetricFamily.Mmio), o => Assert.Equal(CounterPlan.OtherPage, o.Label2));
+        var mmio = plan.Outputs.Where(o => o.Family == MetricFamily.Mmio).ToList();
+        Assert.All(mmio, o => Assert.Equal(CounterPlan.OtherPage, o.Label2));
+        Assert.Equal(2, plan.Counters.Count(c => c.Tracepoint.Name == "kvm_mmio" && c.Filter is not null)); // writes = the rest
+        Array.Clear(values);
+        values[mmio[2].Plus[0]] = 10;  // total
+        values[mmio[0].Plus[0]] = 1;   // unsatisfied reads
+        values[mmio[1].Plus[0]] = 3;   // reads
+        Assert.Equal([1L, 3L, 6L], mmio.Select(o => CounterPlan.Evaluate(o, values)));
+    }
+
+    [Fact]
+    public void By_default_only_exit_reasons_are_keyed_and_the_rest_is_counted_whole_under_other()
+    {
+        CounterPlan plan = Plan(KvmIsa.Vmx);
+        // kvm_pio: its total and one direction filter, whatever the port lists hold
+        Assert.Equal([null, "rw == 1"], plan.Counters.Where(c => c.Tracepoint.Name == "kvm_pio").Select(c => c.Filter));
+        Assert.Equal([null], plan.Counters.Where(c => c.Tracepoint.Name == "kvm_userspace_exit").Select(c => c.Filter));
+        Assert.All(plan.Outputs.Where(o => o.Family is MetricFamily.Pio or MetricFamily.UserspaceExits), o => Assert.Equal(CounterPlan.Other, o.Label1));
+        Assert.Equal(Decoders.ExitReasons.Reasons(KvmIsa.Vmx).Count + 2, plan.Counters.Count(c => c.Tracepoint.Name == "kvm_exit"));
+
+        CounterPlan none = Plan(KvmIsa.Vmx, new CountingKeys { Keyed = KeyedFamilies.None });
+        Assert.Equal([null], none.Counters.Where(c => c.Tracepoint.Name == "kvm_exit").Select(c => c.Filter));
+        Assert.Equal([(CounterPlan.Other, (ulong)KvmIsa.Vmx)], none.Outputs.Where(o => o.Family == MetricFamily.Exits).Select(o => (o.Label1, o.Label2)));
+        Assert.True(Plan(KvmIsa.Vmx, new CountingKeys { Keyed = KeyedFamilies.All }).Counters.Count > plan.Counters.Count + 60);
+    }
+
+    [Theory]
+    [InlineData("all", KeyedFamilies.All)]
+    [InlineData("none", KeyedFamilies.None)]
+    [InlineData("exits", KeyedFamilies.Exits)]
+    [InlineData(" ports, msrs ,cpuid-leaves", KeyedFamilies.Ports | KeyedFamilies.Msrs | KeyedFamilies.CpuidLeaves)]
+    [InlineData("userspace-exits,vectors", KeyedFamilies.UserspaceExits | KeyedFamilies.Vectors)]
+    public void Keyed_families_parse_from_the_setting(string text, KeyedFamilies expected) =>
+        Assert.Equal(expected, CountingKeys.ParseFamilies(text));
+
+    [Fact]
+    public void An_unknown_keyed_family_names_itself_and_the_choices()
+    {
+        var e = Assert.Throws<FormatException>(() => CountingKeys.ParseFamilies("exits,port"));
+        Assert.Equal("'port' is not one of all, none, exits, userspace-exits, ports, msrs, cpuid-leaves, vectors", e.Message);
     }
 
     [Fact]

@@ -38,6 +38,7 @@ public sealed class AgentOptions
     public bool TracefsMmap { get; init; } = true;
     public uint BpfMapEntries { get; init; } = 32_768;
     public bool BpfStats { get; init; }
+    public KvmObserve.Sources.PerfCount.KeyedFamilies CountKeys { get; init; } = KvmObserve.Sources.PerfCount.KeyedFamilies.Exits;
 
     /// <summary>What bounds the aggregates, from --series-limit, --top-k and --vm-grace.</summary>
     public KvmObserve.Aggregation.AggregatorOptions Aggregation => new()
@@ -74,6 +75,11 @@ public sealed class AgentOptions
         TracefsMmap = s.Parse(Settings.TracefsMmap, v => bool.TryParse(v.Trim(), out bool b) ? b : throw new OptionException($"'{v}' is not true or false")),
         BpfMapEntries = s.Parse(Settings.BpfMapEntries, v => (uint)LayeredSettings.Int(v, 64, 16 * 1024 * 1024)),
         BpfStats = s.Parse(Settings.BpfStats, v => bool.TryParse(v.Trim(), out bool b) ? b : throw new OptionException($"'{v}' is not true or false")),
+        CountKeys = s.Parse(Settings.CountKeys, v =>
+        {
+            try { return KvmObserve.Sources.PerfCount.CountingKeys.ParseFamilies(v); }
+            catch (FormatException e) { throw new OptionException(e.Message); }
+        }),
     }.Checked(s);
 
     /// <summary>Settings that only make sense together.</summary>

@@ -65,11 +65,13 @@ public static class Settings
     public static readonly Setting BpfStats = new("Bpf:Stats", "--bpf-stats", "false",
         "bpf source: have the kernel account the programs' run time while the agent runs (BPF_ENABLE_STATS: two clock reads more per program run)");
 
+    public static readonly Setting CountKeys = new("Counting:Keys", "--count-keys", "exits",
+        "perf-count source: families counted key by key (all, none, or a list of exits, userspace-exits, ports, msrs, cpuid-leaves, vectors); each key is a filtered counter the kernel runs on every event of its tracepoint, about 20 ns per event; the rest count under \"other\"");
     public static readonly IReadOnlyList<Setting> All =
     [
         Listen, Source, Metrics, SeriesLimit, TopK, VmGrace, BufferKb, WakeupPercent, DiscoveryInterval, WebConfig,
         OtlpEndpoint, OtlpProtocol, OtlpHeaders, OtlpInterval, OtlpTimeout, StormFloor, StormFactor, FlightRecorder,
-        FlightRecorderSeconds, Replay, TracefsMmap, BpfMapEntries, BpfStats,
+        FlightRecorderSeconds, Replay, TracefsMmap, BpfMapEntries, BpfStats, CountKeys,
     ];
 }
 

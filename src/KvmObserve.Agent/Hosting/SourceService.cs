@@ -48,12 +48,13 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
         return new HostCapabilities(root, tracefsProblem, perfProblem, bpfProblem);
     }
 
-    public static IEventSource Create(string name, SourceOptions sourceOptions, Aggregator aggregator, string root, BpfOptions? bpf = null) => name switch
+    public static IEventSource Create(string name, SourceOptions sourceOptions, Aggregator aggregator, string root, BpfOptions? bpf = null,
+        CountingKeys? keys = null) => name switch
     {
         "bpf" => new BpfSource(sourceOptions, aggregator, root, bpf),
         "tracefs" => new TracefsSource(sourceOptions, aggregator, root),
         "perf" => new PerfSamplingSource(sourceOptions, aggregator, root, CpuTopology.OnlineCpus()),
-        "perf-count" => new PerfCountingSource(sourceOptions, aggregator, root, CpuTopology.OnlineCpus()),
+        "perf-count" => new PerfCountingSource(sourceOptions, aggregator, root, CpuTopology.OnlineCpus(), keys),
         _ => throw new ArgumentOutOfRangeException(nameof(name), name, "not a source"),
     };
 
@@ -87,7 +88,7 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
         foreach (string stale in TracefsInstance.RemoveStale(host.TracefsRoot!))
             Log.StaleInstanceRemoved(logger, stale);
         _source = Create(name, sourceOptions, aggregator, host.TracefsRoot!,
-            new BpfOptions { MapEntries = options.BpfMapEntries, Stats = options.BpfStats });
+            new BpfOptions { MapEntries = options.BpfMapEntries, Stats = options.BpfStats }, new CountingKeys { Keyed = options.CountKeys });
         if (options.FlightRecorderDirectory is string directory)
         {
             if (!_source.HasRecords)

@@ -13,11 +13,11 @@ public sealed record CounterSpec(Tracepoint Tracepoint, int Id, string? Filter);
 public sealed record OutputSpec(MetricFamily Family, uint Label1, ulong Label2, int[] Plus, int[] Minus);
 
 /// <summary>
-/// What a counting source counts on one thread, in the manner of kvm_stat: per tracepoint an unfiltered total and one
-/// counter per key value, the filter set in the kernel (exit_reason == N for each reason of the host's table,
-/// errno == 0 &amp;&amp; reason == N for userspace exits, ...). Keys that cannot be listed (ports, MSRs and leaves outside
-/// <see cref="CountingKeys"/>, MMIO addresses) are labelled <see cref="Other"/>. Pure: built from the decoders'
-/// statuses and tables, no I/O.
+/// What a counting source counts on one thread, in the manner of kvm_stat: per tracepoint an unfiltered total and, for
+/// the families <see cref="CountingKeys.Keyed"/> names, one counter per key value, the filter set in the kernel
+/// (exit_reason == N for each reason of the host's table, errno == 0 &amp;&amp; reason == N for userspace exits, ...).
+/// Keys that are not counted on their own (families not keyed, values outside the lists, MMIO addresses) are labelled
+/// <see cref="Other"/>: the total less the keys. Pure: built from the decoders' statuses and tables, no I/O.
 /// </summary>
 public sealed class CounterPlan
 {
@@ -117,41 +117,53 @@ public sealed class CounterPlan
     private void Add(TracepointStatus s, KvmEventDecoders decoders, uint hostIsa, CountingKeys keys)
     {
         int total = Total(s);
+        bool Keys(KeyedFamilies f) => (keys.Keyed & f) != 0;
         switch (s.Tracepoint.Kind)
         {
             case KvmEventKind.Exit:
                 uint isa = hostIsa != 0 ? hostIsa : KvmIsa.Vmx;
+                if (!Keys(KeyedFamilies.Exits))
+                {
+                    Output(MetricFamily.Exits, Other, isa, [total]);
+                    break;
+                }
                 Keyed(s, MetricFamily.Exits, total,
                     decoders.ExitReasons.Reasons(isa).Select(r => (r, (ulong)isa, $"exit_reason == {N(r)}")), Other, isa);
                 if (isa == KvmIsa.Vmx)
                     Output(MetricFamily.FailedVmEntries, Other, 0, [Counter(s, $"exit_reason & {N(KvmIsa.VmxFailedVmEntry)}")]);
                 break;
             case KvmEventKind.UserspaceExit:
-                var reasons = decoders.UserspaceExitReasons.Keys.Order()
-                    .Select(r => ((uint)r, 0UL, $"errno == 0 && reason == {N((uint)r)}"))
-                    .Append((0u, 1UL, "errno == -4"))          // KVM_RUN interrupted: a restart
-                    .Append((0u, 2UL, "errno < 0 && errno != -4"));
+                IEnumerable<(uint, ulong, string)> reasons = !Keys(KeyedFamilies.UserspaceExits) ? []
+                    : decoders.UserspaceExitReasons.Keys.Order()
+                        .Select(r => ((uint)r, 0UL, $"errno == 0 && reason == {N((uint)r)}"))
+                        .Append((0u, 1UL, "errno == -4"))          // KVM_RUN interrupted: a restart
+                        .Append((0u, 2UL, "errno < 0 && errno != -4"));
                 Keyed(s, MetricFamily.UserspaceExits, total, reasons, Other, 0);
                 break;
             case KvmEventKind.Pio:
-                PerDirection(s, MetricFamily.Pio, "rw", keys.Ports, "port");
+                PerDirection(s, total, MetricFamily.Pio, "rw", Keys(KeyedFamilies.Ports) ? keys.Ports : [], "port");
                 break;
             case KvmEventKind.Mmio:
-                // KVM_TRACE_MMIO_READ_UNSATISFIED, _READ, _WRITE: the address is not countable, the type is
-                for (uint type = 0; type <= 2; type++)
-                    Output(MetricFamily.Mmio, type, OtherPage, [Counter(s, $"type == {type}")]);
+                // KVM_TRACE_MMIO_READ_UNSATISFIED, _READ, _WRITE: the address is not countable, the type is (the
+                // writes are what the other two leave)
+                int unsatisfied = Counter(s, "type == 0"), read = Counter(s, "type == 1");
+                Output(MetricFamily.Mmio, 0, OtherPage, [unsatisfied]);
+                Output(MetricFamily.Mmio, 1, OtherPage, [read]);
+                Output(MetricFamily.Mmio, 2, OtherPage, [total], [unsatisfied, read]);
                 break;
             case KvmEventKind.Msr:
-                PerDirection(s, MetricFamily.Msr, "write", keys.Msrs, "ecx");
+                PerDirection(s, total, MetricFamily.Msr, "write", Keys(KeyedFamilies.Msrs) ? keys.Msrs : [], "ecx");
                 break;
             case KvmEventKind.Cpuid:
-                Keyed(s, MetricFamily.Cpuid, total, keys.CpuidLeaves.Select(l => (l, 0UL, $"function == {N(l)}")), Other, 0);
+                Keyed(s, MetricFamily.Cpuid, total,
+                    Keys(KeyedFamilies.CpuidLeaves) ? keys.CpuidLeaves.Select(l => (l, 0UL, $"function == {N(l)}")) : [], Other, 0);
                 break;
             case KvmEventKind.EmulateInsn:
                 Output(MetricFamily.EmulatedInstructions, 0, 0, [total]);
                 break;
             case KvmEventKind.InjectedException:
-                Keyed(s, MetricFamily.InjectedExceptions, total, CountingKeys.Vectors.Select(v => (v, 0UL, $"exception == {v}")), Other, 0);
+                Keyed(s, MetricFamily.InjectedExceptions, total,
+                    Keys(KeyedFamilies.Vectors) ? CountingKeys.Vectors.Select(v => (v, 0UL, $"exception == {v}")) : [], Other, 0);
                 break;
             case KvmEventKind.VcpuWakeup:
                 // The sink's outcomes: not waited = the halt ended while polling; the rest waited
@@ -176,14 +188,25 @@ public sealed class CounterPlan
         }
     }
 
-    /// <summary>Listed keys per direction, and per direction the rest as "other".</summary>
-    private void PerDirection(TracepointStatus s, MetricFamily family, string directionField, IReadOnlyList<uint> keys, string keyField)
+    /// <summary>Listed keys per direction, and per direction the rest as "other". One counter tells the directions
+    /// apart (direction 1); direction 0 is what the total leaves.</summary>
+    private void PerDirection(TracepointStatus s, int total, MetricFamily family, string directionField, IReadOnlyList<uint> keys, string keyField)
     {
+        int ones = Counter(s, $"{directionField} == 1");
         for (uint direction = 0; direction <= 1; direction++)
         {
-            int baseCounter = Counter(s, $"{directionField} == {direction}");
             uint d = direction;
-            Keyed(s, family, baseCounter, keys.Select(k => (k, (ulong)d, $"{keyField} == {N(k)} && {directionField} == {d}")), Other, direction);
+            var taken = new List<int>();
+            foreach (uint k in keys)
+            {
+                int c = Counter(s, $"{keyField} == {N(k)} && {directionField} == {d}");
+                taken.Add(c);
+                Output(family, k, d, [c]);
+            }
+            if (d == 1)
+                Output(family, Other, d, [ones], taken.ToArray());
+            else
+                Output(family, Other, d, [total], [ones, .. taken]);
         }
     }
 
