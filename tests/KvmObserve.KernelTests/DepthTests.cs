@@ -83,7 +83,11 @@ public partial class DepthTests
         string name = $"gauge{Environment.ProcessId}";
         // hlt rounds for 3 s; the gauge is read while the VM runs, then compared with the last record before the scrape.
         var load = System.Threading.Tasks.Task.Run(() => Agent.Load("--mode", "hlt", "--vcpus", "1", "--count", "500", "--duration", "3", "--name", name));
-        Metrics m = agent.ScrapeUntil(x => x.Sum("kvm_halt_poll_changes_total", ("vm", name)) > 10);
+        // Any change will do, while the VM still runs (it stops after 3 s, and its gauge with it): how many the kernel
+        // makes depends on timing (CI once saw too few for "more than 10" within the run). The gauge comes from the
+        // thread's state, which a source may read apart from the counts (bpf: another map): wait for both.
+        Metrics m = agent.ScrapeUntil(x => x.Sum("kvm_halt_poll_changes_total", ("vm", name)) > 0
+            && x.Samples.Any(s => s.Name == "kvm_halt_poll_window_seconds" && s.Labels.GetValueOrDefault("vm") == name));
         string text = trace.ReadAndClose();
         JsonElement report = load.Result;
         int tid = Vcpus(report).Single().Vcpu.GetProperty("tid").GetInt32();
