@@ -82,10 +82,12 @@ public sealed class OtlpService(OtlpOptions options, Func<ExpositionContext?> co
         return null;
     }
 
-    /// <summary>Stops with a last collection and export, within the host's shutdown time.</summary>
+    /// <summary>Stops with a last collection and export, given at most 2 s (or the export timeout, if shorter): a
+    /// collector that accepts but never answers must not hold the agent's stop for the export timeout. Shutdown, not
+    /// a flush then Dispose: Dispose would wait, unbounded, for an export still hanging.</summary>
     public Task StopAsync(CancellationToken cancellationToken)
     {
-        _provider?.ForceFlush((int)Math.Min(options.Timeout.TotalMilliseconds, 2000));
+        _provider?.Shutdown((int)Math.Min(options.Timeout.TotalMilliseconds, 2000));
         Dispose();
         return Task.CompletedTask;
     }
