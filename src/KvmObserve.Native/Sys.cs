@@ -66,6 +66,34 @@ public static unsafe class Sys
         }
     }
 
+    /// <summary>A pipe (read end, write end), close-on-exec.</summary>
+    public static (SafeFd Read, SafeFd Write) Pipe()
+    {
+        int* fds = stackalloc int[2];
+        if (Libc.Pipe2(fds, Libc.O_CLOEXEC) < 0)
+            throw NativeErrorException.FromLastError("pipe2");
+        return (new SafeFd(fds[0]), new SafeFd(fds[1]));
+    }
+
+    /// <summary>splice(2) without offsets, pages moved where the kernel can: bytes moved, 0 at the end, -1 when a
+    /// non-blocking splice would block (EAGAIN).</summary>
+    public static long TrySplice(SafeFd from, SafeFd to, int length, bool nonBlocking)
+    {
+        while (true)
+        {
+            nint n = Libc.Splice(from.Value, null, to.Value, null, (nuint)length,
+                Libc.SPLICE_F_MOVE | (nonBlocking ? Libc.SPLICE_F_NONBLOCK : 0));
+            if (n >= 0)
+                return n;
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno == Errno.EINTR)
+                continue;
+            if (errno == Errno.EAGAIN)
+                return -1;
+            throw new NativeErrorException("splice", errno);
+        }
+    }
+
     public static int EventFd() 
     {
         int fd = Libc.EventFd(0, Libc.EFD_CLOEXEC | Libc.EFD_NONBLOCK);

@@ -29,14 +29,19 @@ public class OverheadTests
     {
         bool bpftrace = File.Exists("/usr/bin/bpftrace");
         Assert.True(bpftrace || Environment.GetEnvironmentVariable("CI") != "true", "bpftrace is missing (apt-get install bpftrace)");
-        string[] against = bpftrace ? ["bpftrace", "drain"] : ["drain"];
+        string[] against = bpftrace ? ["bpftrace", "drain", "drain-splice"] : ["drain", "drain-splice"];
         (int code, string stdout, string stderr) = Overhead("--source", "bpf,tracefs", "--against", string.Join(',', against),
             "--rounds", "2", "--count", "3000", "--json");
         Assert.True(code == 0, stderr);
         JsonElement report = JsonDocument.Parse(stdout).RootElement;
         Assert.Equal("pio", report.GetProperty("mode").GetString());
         JsonElement[] arms = report.GetProperty("arms").EnumerateArray().ToArray();
-        Assert.Equal(["none", "agent --source bpf", "agent --source tracefs", .. against.Select(a => a == "drain" ? "drain (trace_pipe_raw to nowhere)" : "bpftrace @event = count()")],
+        Assert.Equal(["none", "agent --source bpf", "agent --source tracefs", .. against.Select(a => a switch
+        {
+            "drain" => "drain (trace_pipe_raw to nowhere)",
+            "drain-splice" => "drain (trace_pipe_raw spliced to nowhere)",
+            _ => "bpftrace @event = count()",
+        })],
             arms.Select(a => a.GetProperty("observer").GetString()));
         foreach (JsonElement arm in arms)
         {
@@ -58,6 +63,6 @@ public class OverheadTests
     {
         (int code, _, string stderr) = Overhead("--against", "strace");
         Assert.Equal(2, code);
-        Assert.Equal("kvmobserve overhead: --against: 'strace' is not one of drain, perf-record, perf-stat, bpftrace, none", stderr.Trim());
+        Assert.Equal("kvmobserve overhead: --against: 'strace' is not one of drain, drain-splice, perf-record, perf-stat, bpftrace, none", stderr.Trim());
     }
 }

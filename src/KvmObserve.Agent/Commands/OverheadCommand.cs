@@ -12,7 +12,7 @@ namespace KvmObserve.Agent.Commands;
 /// reference observer of the same tracepoints, measured in one interleaved run.</summary>
 internal static class OverheadCommand
 {
-    private static readonly string[] References = ["drain", "perf-record", "perf-stat", "bpftrace"];
+    private static readonly string[] References = ["drain", "drain-splice", "perf-record", "perf-stat", "bpftrace"];
 
     /// <summary>The observer each source is held against: record streams against a plain drain of the same records,
     /// counting in the kernel against the usual tools that count there.</summary>
@@ -27,7 +27,7 @@ internal static class OverheadCommand
     public static Command Create()
     {
         var source = new Option<string[]>("--source") { Description = "the agent's sources to measure (repeat or comma-separate; default: the one auto picks)", AllowMultipleArgumentsPerToken = true };
-        var against = new Option<string[]>("--against") { Description = "reference observers: drain, perf-record, perf-stat, bpftrace (default: each source's own: drain for tracefs, perf-record for perf, perf-stat for perf-count, bpftrace for bpf)", AllowMultipleArgumentsPerToken = true };
+        var against = new Option<string[]>("--against") { Description = "reference observers: drain, drain-splice, perf-record, perf-stat, bpftrace (default: each source's own: drain for tracefs, perf-record for perf, perf-stat for perf-count, bpftrace for bpf)", AllowMultipleArgumentsPerToken = true };
         var mode = new Option<string>("--mode") { Description = "the exit driven: pio, mmio, msr or cpuid", DefaultValueFactory = _ => "pio" };
         var count = new Option<long>("--count") { Description = "exits per measured VM run", DefaultValueFactory = _ => 50_000 };
         var rounds = new Option<int>("--rounds") { Description = "interleaved rounds (each runs every observer once)", DefaultValueFactory = _ => 11 };
@@ -86,6 +86,7 @@ internal static class OverheadCommand
                     arms.Add((r, r switch
                     {
                         "drain" => () => new DrainObserver(root, events),
+                        "drain-splice" => () => new DrainObserver(root, events, splice: true),
                         "perf-stat" => () => new PerfStatObserver(events),
                         "perf-record" => () => new PerfRecordObserver(events),
                         _ => () => new BpftraceObserver(events),

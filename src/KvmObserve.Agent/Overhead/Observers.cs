@@ -190,14 +190,14 @@ public sealed class AgentObserver(string source) : IObserver, IDisposable
 /// <summary>A plain drain of the same tracepoints into nowhere: a private tracefs instance with the same events,
 /// buffer size, wake-up watermark and trace clock as the tracefs source, each CPU's trace_pipe_raw read (as `cat` reads it: woken
 /// at the watermark, then read until empty) and thrown away. What reading records costs with no decoding at all.</summary>
-public sealed class DrainObserver(string tracefsRoot, IReadOnlyList<(string System, string Name)> events) : IObserver, IDisposable
+public sealed class DrainObserver(string tracefsRoot, IReadOnlyList<(string System, string Name)> events, bool splice = false) : IObserver, IDisposable
 {
     private TracefsInstance? _instance;
     private readonly List<Thread> _readers = new();
     private volatile bool _stop;
     private long _bytes, _mark;
 
-    public string Name => "drain (trace_pipe_raw to nowhere)";
+    public string Name => splice ? "drain (trace_pipe_raw spliced to nowhere)" : "drain (trace_pipe_raw to nowhere)";
 
     public void Start()
     {
@@ -210,7 +210,7 @@ public sealed class DrainObserver(string tracefsRoot, IReadOnlyList<(string Syst
         foreach (int cpu in _instance.Cpus())
         {
             var fd = Native.Sys.Open(_instance.PipeRawPath(cpu), nonBlocking: true);
-            var thread = new Thread(() => Drain(fd)) { IsBackground = true, Name = $"drain cpu{cpu}" };
+            var thread = new Thread(() => { if (splice) Splice(fd); else Drain(fd); }) { IsBackground = true, Name = $"drain cpu{cpu}" };
             _readers.Add(thread);
             thread.Start();
         }
@@ -229,6 +229,34 @@ public sealed class DrainObserver(string tracefsRoot, IReadOnlyList<(string Syst
                 int n;
                 while ((n = Native.Sys.TryRead(fd, buffer)) > 0)
                     Interlocked.Add(ref _bytes, n);
+            }
+        }
+    }
+
+    /// <summary>The copy-free drain: whole ring-buffer pages moved into a pipe by splice(2), and from the pipe to
+    /// /dev/null, never copied to user space (the kernel splices full pages only: a partial page waits to fill).</summary>
+    private void Splice(Native.SafeFd fd)
+    {
+        (Native.SafeFd pipeRead, Native.SafeFd pipeWrite) = Native.Sys.Pipe();
+        using (fd)
+        using (pipeRead)
+        using (pipeWrite)
+        using (var devNull = Native.Sys.Open("/dev/null", write: true))
+        using (var wake = new Native.SafeFd(Native.Sys.EventFd()))
+        {
+            while (!_stop)
+            {
+                if (Native.Sys.PollReadable(fd, wake, 100) != 1)
+                    continue;
+                long n;
+                while ((n = Native.Sys.TrySplice(fd, pipeWrite, 64 * 1024, nonBlocking: true)) > 0)
+                {
+                    Interlocked.Add(ref _bytes, n);
+                    for (long left = n; left > 0;)
+                        left -= Math.Max(0, Native.Sys.TrySplice(pipeRead, devNull, (int)left, nonBlocking: false));
+                }
+                if (n < 0)
+                    Thread.Sleep(1); // readable, yet no full page to splice: poll says readable until a page is read
             }
         }
     }
