@@ -145,10 +145,18 @@ public sealed class Aggregator
     /// <summary>Every series in the store after a fold, sorted by family, VM, vCPU and labels.</summary>
     public IReadOnlyList<MergedSeries> Snapshot()
     {
+        var series = new List<MergedSeries>();
+        Snapshot(series);
+        return series;
+    }
+
+    /// <summary>As <see cref="Snapshot()"/>, into a list the caller reuses.</summary>
+    public void Snapshot(List<MergedSeries> into)
+    {
         lock (_gate)
         {
             FoldLocked(DateTime.UtcNow);
-            return _store.Export();
+            _store.Export(into);
         }
     }
 

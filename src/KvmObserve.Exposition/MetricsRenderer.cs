@@ -55,11 +55,16 @@ public static class MetricsRenderer
         });
     }
 
+    [ThreadStatic]
+    private static List<MergedSeries>? t_series;
+
     public static void Render(MetricWriter w, ExpositionContext context)
     {
         long started = Stopwatch.GetTimestamp();
         Aggregator aggregator = context.Aggregator;
-        IReadOnlyList<MergedSeries> series = aggregator.Snapshot();
+        // One list per rendering thread, reused: scrapes may run at once, each renders on one thread.
+        List<MergedSeries> series = t_series ??= new List<MergedSeries>();
+        aggregator.Snapshot(series);
 
         w.Family("kvm_vm_info", "gauge", "A KVM virtual machine (a process holding a KVM VM fd); always 1.");
         foreach (VmInfo vm in aggregator.Registry.Vms().OrderBy(v => v.Name, StringComparer.Ordinal))
