@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using KvmObserve.Native.Interop;
 
@@ -63,6 +64,34 @@ public static unsafe class Sys
             int errno = Marshal.GetLastPInvokeError();
             if (errno != Errno.EINTR)
                 return -errno;
+        }
+    }
+
+    /// <summary>(size, mtime in ns) of <paramref name="path"/> by stat(2), or null when it cannot be read. A process's
+    /// fd directory in procfs has its open fds as its size (Linux 6.2+).</summary>
+    public static (long Size, long MtimeNs)? TryStat(string path)
+    {
+        byte* buffer = stackalloc byte[Libc.StatSize];
+        if (Libc.Stat(path, buffer) != 0)
+            return null;
+        var s = new ReadOnlySpan<byte>(buffer, Libc.StatSize);
+        return (BinaryPrimitives.ReadInt64LittleEndian(s[Libc.StatSizeOffset..]),
+            BinaryPrimitives.ReadInt64LittleEndian(s[Libc.StatMtimeOffset..]) * 1_000_000_000
+            + BinaryPrimitives.ReadInt64LittleEndian(s[(Libc.StatMtimeOffset + 8)..]));
+    }
+
+    /// <summary>Sends <paramref name="signal"/> to <paramref name="pid"/>; false when it is gone (or not ours to signal).</summary>
+    public static bool Kill(int pid, int signal) => Libc.Kill(pid, signal) == 0;
+
+    /// <summary>Fills <paramref name="buffer"/> from <paramref name="offset"/> of <paramref name="fd"/> with one
+    /// pread(2); a short read is an error (EIO), as for a stats file of a known layout.</summary>
+    public static void PreadExactly(SafeFd fd, Span<byte> buffer, long offset, string what)
+    {
+        fixed (byte* p = buffer)
+        {
+            nint n = Libc.Pread(fd.Value, p, (nuint)buffer.Length, offset);
+            if (n != buffer.Length)
+                throw new NativeErrorException($"pread({what})", n < 0 ? Marshal.GetLastPInvokeError() : Errno.EIO);
         }
     }
 

@@ -12,6 +12,10 @@ public class ProcfsParserTests
         // comm may hold spaces and parentheses: fields are counted from the last ')'
         string stat = "4620 (CPU 0/KVM) (x)) R 1 4612 4612 0 -1 4194624 26 0 0 0 0 0 0 0 20 0 3 0 987654 1000 10";
         Assert.Equal(987654UL, ProcfsParsers.ParseStartTime(stat));
+        // utime (14) + stime (15), what `overhead` charges an observer's process with
+        string busy = "4620 (CPU 0/KVM) (x)) R 1 4612 4612 0 -1 4194624 26 0 0 0 1234 56 0 0 20 0 3 0 987654 1000 10";
+        Assert.Equal(1290UL, ProcfsParsers.ParseCpuTicks(busy));
+        Assert.Null(ProcfsParsers.ParseCpuTicks("4620 (truncated) R 1"));
     }
 
     [Theory]

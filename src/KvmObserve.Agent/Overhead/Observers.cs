@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Net.Sockets;
+using KvmObserve.Aggregation.Discovery;
 using KvmObserve.Sources.Tracefs;
 
 namespace KvmObserve.Agent.Overhead;
@@ -58,20 +59,16 @@ internal sealed class Child : IDisposable
 
     public string Output { get { lock (_output) return string.Join('\n', _output); } }
 
-    /// <summary>user + system CPU time of the process so far (/proc/PID/stat fields 14 and 15), in ns.</summary>
-    public long CpuNs()
-    {
-        string stat = File.ReadAllText($"/proc/{Pid}/stat");
-        string[] f = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
-        long ticks = long.Parse(f[11], CultureInfo.InvariantCulture) + long.Parse(f[12], CultureInfo.InvariantCulture);
-        return ticks * (1_000_000_000 / 100); // USER_HZ is 100 on Linux
-    }
+    /// <summary>user + system CPU time of the process so far, in ns.</summary>
+    public long CpuNs() =>
+        (long)(ProcfsParsers.ParseCpuTicks(File.ReadAllText($"/proc/{Pid}/stat")) ?? throw new InvalidDataException($"/proc/{Pid}/stat"))
+        * (1_000_000_000 / 100); // USER_HZ is 100 on Linux
 
     /// <summary>Sends a signal and waits for the process to exit (killing it after <paramref name="timeout"/>).</summary>
     public int Stop(int signal, TimeSpan timeout)
     {
         if (!_process.HasExited)
-            _ = Signals.Kill(_process.Id, signal);
+            _ = Native.Sys.Kill(_process.Id, signal);
         if (!_process.WaitForExit(timeout))
         {
             _process.Kill();
@@ -90,12 +87,6 @@ internal sealed class Child : IDisposable
         }
         _process.Dispose();
     }
-}
-
-internal static partial class Signals
-{
-    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
-    public static partial int Kill(int pid, int signal);
 }
 
 /// <summary>The agent itself (`kvmobserve run --source S`) in its own process, as users run it.</summary>

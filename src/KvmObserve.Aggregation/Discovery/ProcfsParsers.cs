@@ -32,15 +32,23 @@ public static class ProcfsParsers
         return (run, wait);
     }
 
-    /// <summary>Field 22 (starttime) of /proc/PID/stat. comm (field 2) may hold spaces and ')', so count from the last ')'.</summary>
-    public static ulong? ParseStartTime(string stat)
+    /// <summary>Field 22 (starttime) of /proc/PID/stat.</summary>
+    public static ulong? ParseStartTime(string stat) => StatField(stat, 22);
+
+    /// <summary>Fields 14 and 15 (utime + stime) of /proc/PID/stat: the process's CPU time in clock ticks.</summary>
+    public static ulong? ParseCpuTicks(string stat) =>
+        StatField(stat, 14) is ulong user && StatField(stat, 15) is ulong system ? user + system : null;
+
+    /// <summary>Numeric field <paramref name="field"/> (1-based, as proc(5) counts) of /proc/PID/stat, from field 3 on.
+    /// comm (field 2) may hold spaces and ')', so fields are counted from the last ')'.</summary>
+    private static ulong? StatField(string stat, int field)
     {
         int close = stat.LastIndexOf(')');
         if (close < 0)
             return null;
         string[] rest = stat[(close + 1)..].Split(' ', StringSplitOptions.RemoveEmptyEntries);
-        // rest[0] is field 3 (state), so field 22 is rest[19]
-        return rest.Length > 19 && ulong.TryParse(rest[19], NumberStyles.None, CultureInfo.InvariantCulture, out ulong v) ? v : null;
+        int i = field - 3; // rest[0] is field 3 (state)
+        return i >= 0 && rest.Length > i && ulong.TryParse(rest[i], NumberStyles.None, CultureInfo.InvariantCulture, out ulong v) ? v : null;
     }
 
     /// <summary>

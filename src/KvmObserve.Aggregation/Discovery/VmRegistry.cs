@@ -369,7 +369,7 @@ public sealed class VmRegistry
     private bool HoldsVmFdCached(int pid, bool full)
     {
         string procDir = Path.Combine(_procRoot, pid.ToString(CultureInfo.InvariantCulture));
-        if (FdDirStat.Of(Path.Combine(procDir, "fd")) is not (long size, long mtime)
+        if (KvmObserve.Native.Sys.TryStat(Path.Combine(procDir, "fd")) is not (long size, long mtime)
             || ReadText(Path.Combine(procDir, "stat")) is not string stat || ProcfsParsers.ParseStartTime(stat) is not ulong start)
             return HoldsVmFd(pid);
         if (!full && _notVmm.TryGetValue(pid, out var known) && known == (start, size, mtime))

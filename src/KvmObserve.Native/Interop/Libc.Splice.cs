@@ -9,7 +9,4 @@ internal static partial class Libc
 
     [LibraryImport(Name, EntryPoint = "splice", SetLastError = true)]
     internal static unsafe partial nint Splice(int fdIn, long* offIn, int fdOut, long* offOut, nuint length, uint flags);
-
-    [LibraryImport(Name, EntryPoint = "pipe2", SetLastError = true)]
-    internal static unsafe partial int Pipe2(int* fds, int flags);
 }

@@ -1,7 +1,5 @@
 using System.Buffers.Binary;
-using System.Runtime.InteropServices;
 using System.Text;
-using KvmObserve.Native.Interop;
 
 namespace KvmObserve.Native.Kvm;
 
@@ -9,7 +7,7 @@ namespace KvmObserve.Native.Kvm;
 /// KVM's binary statistics of a VM or vCPU (KVM_GET_STATS_FD, Documentation/virt/kvm/api.rst "KVM_GET_STATS_FD"):
 /// the kernel's own counters, such as a vCPU's halt_wakeup. Only the process owning the VM can open them.
 /// </summary>
-public static unsafe class KvmStats
+public static class KvmStats
 {
     /// <summary>KVM_GET_STATS_FD: _IO(KVMIO, 0xce), on a VM or vCPU fd.</summary>
     public static readonly ulong GetStatsFd = IoctlNumber.Io(0xAE, 0xce);
@@ -23,14 +21,14 @@ public static unsafe class KvmStats
     {
         using var fd = new SafeFd(Sys.Ioctl(vmOrVcpu, GetStatsFd, 0, "KVM_GET_STATS_FD"));
         Span<byte> header = stackalloc byte[HeaderSize];
-        Pread(fd, header, 0);
+        Sys.PreadExactly(fd, header, 0, "KVM stats fd");
         int nameSize = (int)BinaryPrimitives.ReadUInt32LittleEndian(header[4..]);
         int count = (int)BinaryPrimitives.ReadUInt32LittleEndian(header[8..]);
         long descOffset = BinaryPrimitives.ReadUInt32LittleEndian(header[16..]);
         long dataOffset = BinaryPrimitives.ReadUInt32LittleEndian(header[20..]);
         int descSize = DescFixedSize + nameSize;
         var descs = new byte[descSize * count];
-        Pread(fd, descs, descOffset);
+        Sys.PreadExactly(fd, descs, descOffset, "KVM stats fd");
         var stats = new Dictionary<string, ulong>(count);
         var values = new byte[8];
         for (int i = 0; i < count; i++)
@@ -43,22 +41,12 @@ public static unsafe class KvmStats
             if (values.Length < size * 8)
                 values = new byte[size * 8];
             Span<byte> value = values.AsSpan(0, Math.Max(size, 1) * 8);
-            Pread(fd, value, dataOffset + offset);
+            Sys.PreadExactly(fd, value, dataOffset + offset, "KVM stats fd");
             ulong total = 0;
             for (int b = 0; b < value.Length; b += 8)
                 total += BinaryPrimitives.ReadUInt64LittleEndian(value[b..]);
             stats[Encoding.ASCII.GetString(end < 0 ? name : name[..end])] = total;
         }
         return stats;
-    }
-
-    private static void Pread(SafeFd fd, Span<byte> buffer, long offset)
-    {
-        fixed (byte* p = buffer)
-        {
-            nint n = Libc.Pread(fd.Value, p, (nuint)buffer.Length, offset);
-            if (n != buffer.Length)
-                throw new NativeErrorException("pread(KVM stats fd)", n < 0 ? Marshal.GetLastPInvokeError() : 5 /* EIO: short read */);
-        }
     }
 }
