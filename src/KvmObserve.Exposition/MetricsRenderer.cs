@@ -340,7 +340,7 @@ public static class MetricsRenderer
             corrupt += shard.CorruptPages;
         w.Begin("kvmobserve_decode_errors_total").Label("source", source).Label("event", "page").Value(corrupt);
 
-        w.Family("kvmobserve_reader_wakeups_total", "counter", "Times the source's threads woke to read the kernel (ring readers at their watermark or poll timeout; the bpf source to look for new series).");
+        w.Family("kvmobserve_reader_wakeups_total", "counter", "Times the source's threads woke to read the kernel (ring readers at their watermark or poll timeout; the bpf source to look for new series; perf-count at each poll timeout).");
         w.Begin("kvmobserve_reader_wakeups_total").Label("source", source).Value(context.Wakeups());
 
         w.Family("kvmobserve_read_bytes_total", "counter", "Bytes read from the kernel, by CPU.");

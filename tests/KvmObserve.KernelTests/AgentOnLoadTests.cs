@@ -133,6 +133,7 @@ public class AgentOnLoadTests
             Assert.Equal(1, m.Sum("kvm_vm_info", ("vm", vm.GetProperty("name").GetString()!), ("pid", vm.GetProperty("pid").GetInt32().ToString())));
         Assert.Equal(0, m.Sum("kvmobserve_events_lost_total"));
         Assert.Equal(0, m.Sum("kvmobserve_decode_errors_total"));
+        Assert.True(m.Sum("kvmobserve_reader_wakeups_total") > 0, "the source's threads never woke to read the kernel");
         Assert.Equal(0, agent.Stop());
     }
 

@@ -30,6 +30,16 @@ public sealed class OtlpOutageTests(ITestOutputHelper output)
         }
     }
 
+    /// <summary>What an agent with no VMs yet exports.</summary>
+    private static ExpositionContext EmptyContext() => new()
+    {
+        Aggregator = new Aggregator(2, VmRegistry.WithoutProcfs()),
+        SourceName = "tracefs",
+        Tracepoints = [],
+        ExitReasons = ExitReasonTables.BuiltIn,
+        UserspaceExitReasons = new Dictionary<long, string>(),
+    };
+
     private static int FreePort()
     {
         using var l = new TcpListener(IPAddress.Loopback, 0);
@@ -40,15 +50,7 @@ public sealed class OtlpOutageTests(ITestOutputHelper output)
     [Fact]
     public async Task An_absent_receiver_costs_no_memory_and_exports_resume_when_it_is_back()
     {
-        var registry = VmRegistry.WithoutProcfs();
-        var context = new ExpositionContext
-        {
-            Aggregator = new Aggregator(2, registry),
-            SourceName = "tracefs",
-            Tracepoints = [],
-            ExitReasons = ExitReasonTables.BuiltIn,
-            UserspaceExitReasons = new Dictionary<long, string>(),
-        };
+        ExpositionContext context = EmptyContext();
         int port = FreePort();
         var lines = new Lines();
         var service = new OtlpService(new OtlpOptions(new Uri($"http://127.0.0.1:{port}/v1/metrics"), OtlpExportProtocol.HttpProtobuf, "",
@@ -103,15 +105,7 @@ public sealed class OtlpOutageTests(ITestOutputHelper output)
     [Fact]
     public async Task A_receiver_that_never_answers_does_not_hold_the_stop()
     {
-        var registry = VmRegistry.WithoutProcfs();
-        var context = new ExpositionContext
-        {
-            Aggregator = new Aggregator(2, registry),
-            SourceName = "tracefs",
-            Tracepoints = [],
-            ExitReasons = ExitReasonTables.BuiltIn,
-            UserspaceExitReasons = new Dictionary<long, string>(),
-        };
+        ExpositionContext context = EmptyContext();
         using var silent = new TcpListener(IPAddress.Loopback, 0);
         silent.Start();
         int port = ((IPEndPoint)silent.LocalEndpoint).Port;
@@ -121,14 +115,18 @@ public sealed class OtlpOutageTests(ITestOutputHelper output)
             try
             {
                 while (true)
-                    accepted.Add(await silent.AcceptSocketAsync());
+                {
+                    Socket a = await silent.AcceptSocketAsync();
+                    lock (accepted)
+                        accepted.Add(a);
+                }
             }
             catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
         });
         var service = new OtlpService(new OtlpOptions(new Uri($"http://127.0.0.1:{port}/v1/metrics"), OtlpExportProtocol.HttpProtobuf, "",
             TimeSpan.FromMilliseconds(200), TimeSpan.FromSeconds(30)), () => context, new Lines());
         await service.StartAsync(CancellationToken.None);
-        Assert.True(SpinWait.SpinUntil(() => accepted.Count > 0, TimeSpan.FromSeconds(10)), "no export reached the silent receiver");
+        Assert.True(SpinWait.SpinUntil(() => { lock (accepted) return accepted.Count > 0; }, TimeSpan.FromSeconds(10)), "no export reached the silent receiver");
         Thread.Sleep(500); // the export is now waiting for an answer
 
         var stop = System.Diagnostics.Stopwatch.StartNew();

@@ -60,7 +60,7 @@ public sealed class OverheadRun(LoadMode mode, uint count, int rounds, IReadOnly
         var options = new LoadOptions { Modes = mode, Count = count, Vcpus = 1, Pin = true, Name = "overhead" };
         string phase = mode.ToString().ToLowerInvariant();
         var warmup = new LoadOptions { Modes = mode, Count = Math.Max(1000, count / 10), Vcpus = 1, Pin = true, Name = "overhead-warmup" };
-        VmRunner.Run(options, "overhead-warmup"); // JIT, page faults of a first VM, KVM's own first-time work
+        VmRunner.Run(warmup, "overhead-warmup"); // JIT, page faults of a first VM, KVM's own first-time work
         var results = new ArmResult[arms.Count];
         for (int round = 0; round < rounds; round++)
         {

@@ -74,9 +74,9 @@ public static class RingBufferPageReader
             position = end;
             return 0;
         }
-        if (position == 0)
-            timestamp = BinaryPrimitives.ReadUInt64LittleEndian(page.Slice(layout.TimestampOffset));
         ulong pageStamp = BinaryPrimitives.ReadUInt64LittleEndian(page.Slice(layout.TimestampOffset));
+        if (position == 0)
+            timestamp = pageStamp;
         int records = ReadEvents(page.Slice(layout.DataOffset, end), pageStamp, ref handler, position, timestamp, out timestamp);
         position = end;
         return records;
@@ -99,7 +99,7 @@ public static class RingBufferPageReader
             if (data.Length - pos < sizeof(uint))
             {
                 handler.OnCorruptPage(pos);
-                { lastTs = ts; return records; }
+                goto Done;
             }
             uint header = BinaryPrimitives.ReadUInt32LittleEndian(data.Slice(pos));
             int typeLen = (int)(header & 0x1f);
@@ -111,7 +111,7 @@ public static class RingBufferPageReader
                 if (size > data.Length - pos)
                 {
                     handler.OnCorruptPage(pos);
-                    { lastTs = ts; return records; }
+                    goto Done;
                 }
                 ts += delta;
                 handler.OnRecord(ts, data.Slice(pos + 4, typeLen * 4));
@@ -121,12 +121,12 @@ public static class RingBufferPageReader
             }
 
             if (typeLen == EventHeaderFormat.PaddingType && delta == 0)
-                { lastTs = ts; return records; } // the rest of the page is empty
+                goto Done; // the rest of the page is empty
 
             if (data.Length - pos < 8)
             {
                 handler.OnCorruptPage(pos);
-                { lastTs = ts; return records; }
+                goto Done;
             }
             uint array0 = BinaryPrimitives.ReadUInt32LittleEndian(data.Slice(pos + 4));
             switch (typeLen)
@@ -137,7 +137,7 @@ public static class RingBufferPageReader
                     if (array0 < 4 || array0 > (uint)(data.Length - pos - 4))
                     {
                         handler.OnCorruptPage(pos);
-                        { lastTs = ts; return records; }
+                        goto Done;
                     }
                     ts += delta;
                     handler.OnRecord(ts, data.Slice(pos + 8, (int)array0 - 4));
@@ -149,7 +149,7 @@ public static class RingBufferPageReader
                     if (array0 > (uint)(data.Length - pos - 4))
                     {
                         handler.OnCorruptPage(pos);
-                        { lastTs = ts; return records; }
+                        goto Done;
                     }
                     pos += 4 + (int)Math.Max(array0, 4u);
                     break;
@@ -163,7 +163,9 @@ public static class RingBufferPageReader
                     break;
             }
         }
-        { lastTs = ts; return records; }
+    Done: // every way out: the end of the data, of the page's records, or a corrupt header (reported)
+        lastTs = ts;
+        return records;
     }
 
     /// <summary>An absolute stamp keeps 59 bits; the top 5 come from a full stamp taken earlier (the page's).</summary>

@@ -228,7 +228,7 @@ public sealed class BpfSource : IEventSource
     /// <summary>Whether the kernel is accounting the programs' run time now.</summary>
     public bool CostAccounted => _statsFd is not null || BpfProgramStats.SysctlEnabled();
 
-    /// <summary>Looks every poll interval at one counter the programs bump when they create a series (a new thread,
+    /// <summary>Looks every <see cref="NewSeriesPollMs"/> at one counter the programs bump when they create a series (a new thread,
     /// a new key), and reads the maps at once when it grew: a new thread's series are added then, so the agent names
     /// its VM while it still runs, not at the next scrape, after a short-lived VM has gone.</summary>
     private void Watch()

@@ -59,6 +59,11 @@ public sealed class PerfCountingSource : IEventSource
 
     public bool HasRecords => false;
 
+    private long _wakeups;
+
+    /// <summary>Times its thread woke to read the counters (every poll timeout).</summary>
+    public long Wakeups => Interlocked.Read(ref _wakeups);
+
     private Action<string>? Warn => _options.Warn;
 
     /// <summary>Events the system-wide counters saw that no attached thread accounts for (threads not yet attached).</summary>
@@ -110,6 +115,7 @@ public sealed class PerfCountingSource : IEventSource
         string? lastWarning = null;
         while (!_stop.Token.WaitHandle.WaitOne(_options.PollTimeoutMs))
         {
+            Interlocked.Increment(ref _wakeups);
             try
             {
                 Refresh();

@@ -118,7 +118,7 @@ internal sealed class CpuReader
                 subbufs = *(uint*)(_meta.Pointer + 12);
             }
             if (subbufSize != _layout.PageSize)
-                throw new NativeErrorException($"sub-buffers of {subbufSize} bytes, pages of {_layout.PageSize}", 22);
+                throw new NativeErrorException($"sub-buffers of {subbufSize} bytes, pages of {_layout.PageSize}", Errno.EINVAL);
             _data = MappedRegion.Shared(_fd, (nuint)subbufSize * subbufs, writable: false, offset: metaSize);
         }
         catch (NativeErrorException e)
