@@ -29,6 +29,9 @@ public sealed class ExpositionContext
     /// <summary>Times the source woke to read the kernel.</summary>
     public Func<long> Wakeups { get; init; } = static () => 0;
 
+    /// <summary>A counting source's attach windows so far and their time in seconds (null: the source has none).</summary>
+    public Func<(long Windows, double Seconds)?>? AttachWindows { get; init; }
+
     /// <summary>The bpf source's own state and cost (null: another source runs).</summary>
     public Func<BpfSelf>? Bpf { get; init; }
 }

@@ -340,8 +340,18 @@ public static class MetricsRenderer
             corrupt += shard.CorruptPages;
         w.Begin("kvmobserve_decode_errors_total").Label("source", source).Label("event", "page").Value(corrupt);
 
-        w.Family("kvmobserve_reader_wakeups_total", "counter", "Times the source's threads woke to read the kernel (ring readers at their watermark or poll timeout; the bpf source to look for new series; perf-count at each poll timeout).");
+        w.Family("kvmobserve_reader_wakeups_total", "counter", "Times the source's threads woke to read the kernel (ring readers at their watermark or poll timeout; the bpf source to look for new series; perf-count at each poll timeout and open of /dev/kvm).");
         w.Begin("kvmobserve_reader_wakeups_total").Label("source", source).Value(context.Wakeups());
+
+        if (context.AttachWindows?.Invoke() is (long windows, double seconds))
+        {
+            w.Family("kvmobserve_attach_windows_total", "counter",
+                "perf-count: times its system-wide counters were started to catch threads not yet attached (a new VM, a vCPU without counters).");
+            w.Begin("kvmobserve_attach_windows_total").Label("source", source).Value(windows);
+            w.Family("kvmobserve_attach_window_seconds_total", "counter",
+                "perf-count: time its system-wide counters ran; each event is counted twice meanwhile.");
+            w.Begin("kvmobserve_attach_window_seconds_total").Label("source", source).Value(seconds);
+        }
 
         w.Family("kvmobserve_read_bytes_total", "counter", "Bytes read from the kernel, by CPU.");
         foreach (Shard shard in aggregator.Shards)

@@ -80,6 +80,16 @@ public static unsafe class Sys
             + BinaryPrimitives.ReadInt64LittleEndian(s[(Libc.StatMtimeOffset + 8)..]));
     }
 
+    /// <summary>st_nlink of <paramref name="path"/> by stat(2), or null when it cannot be read. A process's task
+    /// directory in procfs has its thread count plus 2.</summary>
+    public static long? TryLinkCount(string path)
+    {
+        byte* buffer = stackalloc byte[Libc.StatSize];
+        if (Libc.Stat(path, buffer) != 0)
+            return null;
+        return BinaryPrimitives.ReadInt64LittleEndian(new ReadOnlySpan<byte>(buffer, Libc.StatSize)[Libc.StatNlinkOffset..]);
+    }
+
     /// <summary>Sends <paramref name="signal"/> to <paramref name="pid"/>; false when it is gone (or not ours to signal).</summary>
     public static bool Kill(int pid, int signal) => Libc.Kill(pid, signal) == 0;
 
@@ -121,6 +131,40 @@ public static unsafe class Sys
                 return -1;
             throw new NativeErrorException("splice", errno);
         }
+    }
+
+    /// <summary>IN_OPEN of inotify(7): the watched file was opened (device nodes included).</summary>
+    public const uint InOpen = 0x20;
+
+    /// <summary>A non-blocking inotify instance watching <paramref name="path"/> for <paramref name="mask"/>; null with
+    /// errno when the kernel refuses (no such file, no inotify).</summary>
+    public static SafeFd? TryInotify(string path, uint mask, out int errno)
+    {
+        int fd = Libc.InotifyInit1(Libc.IN_CLOEXEC | Libc.IN_NONBLOCK);
+        if (fd < 0)
+        {
+            errno = Marshal.GetLastPInvokeError();
+            return null;
+        }
+        var handle = new SafeFd(fd);
+        if (Libc.InotifyAddWatch(fd, path, mask) < 0)
+        {
+            errno = Marshal.GetLastPInvokeError();
+            handle.Dispose();
+            return null;
+        }
+        errno = 0;
+        return handle;
+    }
+
+    /// <summary>Reads a non-blocking fd until it would block (inotify events, an eventfd); true when anything was read.</summary>
+    public static bool DrainNonBlocking(SafeFd fd)
+    {
+        Span<byte> buffer = stackalloc byte[1024];
+        bool any = false;
+        while (TryRead(fd, buffer) > 0)
+            any = true;
+        return any;
     }
 
     public static int EventFd() 

@@ -25,6 +25,10 @@ public interface IEventSource : IDisposable
     /// look for new series); 0 for a source that reads only when scraped.</summary>
     long Wakeups => 0;
 
+    /// <summary>A counting source's attach windows (the time its system-wide counters ran to catch threads not yet
+    /// attached): how many so far, and their seconds in all; null for sources without them.</summary>
+    (long Windows, double Seconds)? AttachWindows => null;
+
     /// <summary>Whether the source sees records (what a flight recording keeps); false for sources that count in
     /// the kernel.</summary>
     bool HasRecords => true;

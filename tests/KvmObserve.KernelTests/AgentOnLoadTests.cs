@@ -137,8 +137,10 @@ public class AgentOnLoadTests
         Assert.Equal(0, agent.Stop());
     }
 
-    /// <summary>Without load's start delay the counting source attaches after a VM's first exits: those are counted
-    /// as unattributed (and trigger the rescan that attaches), so attributed + unattributed is still exact.</summary>
+    /// <summary>Without load's start delay the counting source attaches after a VM's first exits: its system-wide
+    /// counters, started by the VMM's open of /dev/kvm, count those as unattributed. The sum is a lower bound by
+    /// construction (thread counters are read before the system-wide ones start and after they stop), short of what
+    /// was driven by at most the exits the running vCPUs make while the counters are read, two windows' edges here.</summary>
     [KernelFact]
     public void The_counting_source_loses_nothing_from_threads_it_attaches_late()
     {
@@ -146,12 +148,39 @@ public class AgentOnLoadTests
         string name = $"late{Environment.ProcessId}";
         JsonElement report = Agent.Load("--mode", "pio", "--vcpus", "2", "--count", "100000", "--name", name);
         long driven = PerVm(report, "pio").Values.Sum();
-        Metrics m = agent.ScrapeUntil(x => x.Sum("kvm_pio_total") + x.Sum("kvmobserve_events_unattributed_total", ("event", "kvm_pio")) >= driven);
+        Metrics m = agent.ScrapeUntil(x => x.Sum("kvm_pio_total") + x.Sum("kvmobserve_events_unattributed_total", ("event", "kvm_pio")) >= driven - 100);
         double attributed = m.Sum("kvm_pio_total", ("vm", name));
         double unattributed = m.Sum("kvmobserve_events_unattributed_total", ("event", "kvm_pio"));
-        Assert.Equal(driven, attributed + unattributed);
+        Assert.InRange(attributed + unattributed, driven - 100, driven);
+        Assert.True(unattributed > 0, "the VM was attached before it ran: the test proves nothing (load without a start delay)");
         Assert.True(attributed > 0, "the source never attached to the VM's threads while they ran");
-        Assert.Equal(driven, m.Sum("kvmobserve_events_total", ("event", "kvm_pio")));
+        Assert.Equal(attributed + unattributed, m.Sum("kvmobserve_events_total", ("event", "kvm_pio")));
+    }
+
+    /// <summary>The counting source counts each event once in its steady state: its system-wide counters run only
+    /// while a VM is being attached, and stop once every vCPU has counters, though the VM keeps running.</summary>
+    [KernelFact]
+    public void The_counting_sources_system_wide_counters_stop_once_a_running_vm_is_attached()
+    {
+        using Agent agent = Agent.Start("--source", "perf-count", "--metrics", "pio,userspace_exits");
+        string name = $"steady{Environment.ProcessId}";
+        Metrics idle = agent.ScrapeUntil(x => x.Sum("kvmobserve_attach_windows_total") >= 1);
+        double windowsBefore = idle.Sum("kvmobserve_attach_windows_total");
+        Task<JsonElement> load = Task.Run(() => Agent.Load("--mode", "pio", "--vcpus", "2", "--count", "20000", "--duration", "4", "--name", name));
+        Metrics attached = agent.ScrapeUntil(x => x.Sum("kvm_pio_total", ("vm", name)) > 0);
+        Thread.Sleep(500); // the window closes at the scan after the attach (tens of ms)
+        Metrics first = agent.Scrape();
+        Thread.Sleep(1000);
+        Metrics second = agent.Scrape();
+        Assert.False(load.IsCompleted, "the VM ended before the steady state was looked at; the test proves nothing");
+        Assert.True(second.Sum("kvm_pio_total", ("vm", name)) > first.Sum("kvm_pio_total", ("vm", name)), "the VM did not run meanwhile");
+        Assert.True(first.Sum("kvmobserve_attach_windows_total") > windowsBefore, "no window was opened for the new VM");
+        Assert.Equal(first.Sum("kvmobserve_attach_window_seconds_total"), second.Sum("kvmobserve_attach_window_seconds_total"));
+        Assert.Equal(first.Sum("kvmobserve_attach_windows_total"), second.Sum("kvmobserve_attach_windows_total"));
+        long driven = PerVm(load.Result, "pio").Values.Sum();
+        Metrics end = agent.ScrapeUntil(x => x.Sum("kvm_pio_total", ("vm", name)) + x.Sum("kvmobserve_events_unattributed_total", ("event", "kvm_pio")) >= driven - 100);
+        Assert.InRange(end.Sum("kvm_pio_total", ("vm", name)) + end.Sum("kvmobserve_events_unattributed_total", ("event", "kvm_pio")), driven - 100, driven);
+        Assert.Equal(0, agent.Stop());
     }
 
     /// <summary>A 4 KiB perf ring, read only when full or at the poll timeout, flooded by two vCPUs: every PIO exit

@@ -127,6 +127,43 @@ public sealed class VmRegistry
         return vcpu;
     }
 
+    private readonly Dictionary<int, (long Threads, long Fds, int[] Vcpus)> _vcpuFds = new();
+
+    /// <summary>The vCPU indexes of the anon_inode:kvm-vcpu:N fds <paramref name="vm"/> holds now (empty once it has
+    /// exited). Its fds are walked again only when its thread count or fd count changed (a new vCPU comes with a new
+    /// thread in every VMM we know; an fd directory's mtime does not change in procfs); until then the same array is
+    /// returned, for two stat(2) calls.</summary>
+    public IReadOnlyList<int> VcpuFds(VmInfo vm)
+    {
+        string procDir = Path.Combine(_procRoot, vm.Pid.ToString(CultureInfo.InvariantCulture));
+        string fdDir = Path.Combine(procDir, "fd");
+        if (KvmObserve.Native.Sys.TryLinkCount(Path.Combine(procDir, "task")) is not long threads
+            || KvmObserve.Native.Sys.TryStat(fdDir) is not (long fds, _))
+            return [];
+        lock (_gate)
+        {
+            if (_vcpuFds.TryGetValue(vm.Pid, out var known) && known.Threads == threads && known.Fds == fds)
+                return known.Vcpus; // the same array while nothing changed: callers may compare references
+        }
+        if (!ProcessAlive(vm))
+            return [];
+        var vcpus = new List<int>();
+        foreach (string fd in SafeEnumerate(fdDir))
+        {
+            try
+            {
+                if (ProcfsParsers.VcpuFromFdTarget(new FileInfo(fd).LinkTarget) is int vcpu)
+                    vcpus.Add(vcpu);
+            }
+            catch (IOException) { }
+            catch (UnauthorizedAccessException) { }
+        }
+        int[] sorted = vcpus.Distinct().Order().ToArray();
+        lock (_gate)
+            _vcpuFds[vm.Pid] = (threads, fds, sorted);
+        return sorted;
+    }
+
     /// <summary>
     /// Forgets VMs gone for longer than <paramref name="grace"/>, with their threads, and threads that were never
     /// identified. Returns the VM names no running VM carries any more (their series should go) and the tids forgotten.
@@ -141,6 +178,7 @@ public sealed class VmRegistry
             foreach (VmInfo vm in expired)
             {
                 _vmsByPid.Remove(vm.Pid);
+                _vcpuFds.Remove(vm.Pid);
                 foreach ((int tid, ThreadIdentity who) in _threads.Where(t => t.Value.Vm == vm).ToList())
                 {
                     _threads.Remove(tid);

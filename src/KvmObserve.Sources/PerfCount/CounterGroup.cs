@@ -74,6 +74,12 @@ internal sealed class CounterGroup : IDisposable
         return true;
     }
 
+    /// <summary>Starts the group counting again (the leader carries its members); the counts go on from where they stopped.</summary>
+    public void Enable() => PerfEvent.Enable(_fds[0]);
+
+    /// <summary>Stops the group counting; the counts keep their values and can still be read.</summary>
+    public void Disable() => PerfEvent.Disable(_fds[0]);
+
     public void Dispose() => Dispose(_fds);
 
     private static void Dispose(IEnumerable<SafeFd> fds)

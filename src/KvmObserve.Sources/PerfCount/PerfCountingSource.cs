@@ -9,45 +9,75 @@ namespace KvmObserve.Sources.PerfCount;
 /// <summary>
 /// Counts kvm events in the kernel, as kvm_stat does: no record is copied. Each vCPU thread of each VM gets a group of
 /// counters (<see cref="CounterPlan"/>: a total and a filtered counter per key, per tracepoint), its other threads the
-/// kvmmmu totals; one group read per thread gives consistent counts. New VMs and threads are found by rescanning
-/// procfs, at once when the system-wide totals (one group per CPU) show events no attached thread accounts for:
-/// those events are reported as unattributed, never dropped silently.
+/// kvmmmu totals; one group read per thread gives consistent counts, and each event is counted once, on its thread.
+/// <para>
+/// Events of threads not attached yet are caught by system-wide totals (one group per CPU), which run only in attach
+/// windows: from the start, from each open of /dev/kvm (inotify), and from a poll that finds a VM with a vCPU fd it
+/// had not before, until a scan finds a thread with counters for every vCPU fd of every VM and attaches nothing new.
+/// Meanwhile procfs is scanned every 40 ms, and what the system-wide totals count and no thread accounts for is
+/// reported as unattributed. Outside windows they are off: left on, they counted every event a second time, which made
+/// this source cost about 1.4x `perf stat -a`.
+/// </para>
+/// The unattributed count is a lower bound: the thread groups are read after the system-wide ones and before they
+/// start, so an attached thread's event is never taken for an unattributed one; what the running vCPUs do while the
+/// counters are read at a window's edges (tens of events) can be missed instead.
 /// </summary>
 public sealed class PerfCountingSource : IEventSource
 {
     private const int ReservedFds = 256; // the agent's own files, sockets and Kestrel
+    private const int MinRescanMs = 200;
+    /// <summary>While a window is open: poll and rescan this often, so a new VM's threads get counters within tens of
+    /// milliseconds (a scan of procfs takes 2-10 ms here) and the window is short.</summary>
+    private const int WindowPollMs = 20, WindowRescanMs = 40;
+    /// <summary>How long an open of /dev/kvm keeps a window open while nothing new is attached (a capability probe).</summary>
+    private const int OpenGraceMs = 1000;
+    private static readonly int Kinds = Enum.GetValues<KvmEventKind>().Length;
 
     private readonly SourceOptions _options;
     private readonly Aggregator _aggregator;
     private readonly IReadOnlyList<int> _cpus;
     private readonly CountingKeys _keys;
     private readonly uint _hostIsa;
+    private readonly string _kvmDevice;
     private readonly object _gate = new();
     private readonly Dictionary<int, ThreadCounters> _threads = new();
     private readonly List<CounterGroup> _systemGroups = new();
-    private readonly long[] _retiredTotals = new long[Enum.GetValues<KvmEventKind>().Length];
-    private readonly long[] _systemTotals = new long[Enum.GetValues<KvmEventKind>().Length];
-    private readonly long[] _unattributed = new long[Enum.GetValues<KvmEventKind>().Length];
-    private readonly CancellationTokenSource _stop = new();
+    private readonly long[] _retiredTotals = new long[Kinds];
+    private readonly long[] _systemTotals = new long[Kinds];     // last read; frozen while the system groups are off
+    private readonly long[] _systemAtOpen = new long[Kinds];     // when the window opened
+    private readonly long[] _attributedAtOpen = new long[Kinds]; // read just before it opened
+    private readonly long[] _windowUnattributed = new long[Kinds];
+    private readonly long[] _closedUnattributed = new long[Kinds];
+    private readonly long[] _reportedEvents = new long[Kinds];
     private Shard? _shard;
     private CounterPlan? _vcpuPlan, _otherPlan, _totalsPlan;
     private Thread? _thread;
+    private volatile bool _stopping;
+    private SafeFd? _wake, _kvmOpens;
     private Action? _refresher;
     private IReadOnlyList<TracepointState> _tracepoints = [];
     private DateTime _nextScan, _lastScan;
-    private const int MinRescanMs = 200;
-    private long _lastUnattributedSum;
     private int _openFds;
     private ulong _fdLimit;
 
+    // The attach window
+    private bool _windowOpen, _alwaysOpen;
+    private bool _kvmOpenPending; // an open of /dev/kvm no attach has followed yet
+    private DateTime _openedAt, _kvmOpenedAt;
+    private TimeSpan _windowTime;
+    private long _windows;
+    private readonly Dictionary<VmInfo, IReadOnlyList<int>> _countedVcpuFds = new(); // each VM's vCPU fds when all had counters
+    private readonly HashSet<VmInfo> _namingVmms = new(); // VMMs seen to name their vCPU threads
+
     public PerfCountingSource(SourceOptions options, Aggregator aggregator, string tracefsRoot, IReadOnlyList<int> cpus,
-        CountingKeys? keys = null, uint? hostIsa = null)
+        CountingKeys? keys = null, uint? hostIsa = null, string kvmDevice = "/dev/kvm")
     {
         _options = options;
         _aggregator = aggregator;
         _cpus = cpus;
         _keys = keys ?? new CountingKeys();
         _hostIsa = hostIsa ?? HostIsa.Detect();
+        _kvmDevice = kvmDevice;
         Decoders = new TracefsFormats(tracefsRoot).Decoders();
     }
 
@@ -61,13 +91,27 @@ public sealed class PerfCountingSource : IEventSource
 
     private long _wakeups;
 
-    /// <summary>Times its thread woke to read the counters (every poll timeout).</summary>
+    /// <summary>Times its thread woke to read the counters (every poll timeout, and each open of /dev/kvm).</summary>
     public long Wakeups => Interlocked.Read(ref _wakeups);
 
     private Action<string>? Warn => _options.Warn;
 
     /// <summary>Events the system-wide counters saw that no attached thread accounts for (threads not yet attached).</summary>
-    public long UnattributedOf(KvmEventKind kind) { lock (_gate) return _unattributed[(int)kind]; }
+    public long UnattributedOf(KvmEventKind kind)
+    {
+        lock (_gate)
+            return _closedUnattributed[(int)kind] + _windowUnattributed[(int)kind];
+    }
+
+    /// <summary>Attach windows so far, and how long they were open in all: the time each event was counted twice.</summary>
+    public (long Windows, double Seconds)? AttachWindows
+    {
+        get
+        {
+            lock (_gate)
+                return (_windows, (_windowTime + (_windowOpen ? DateTime.UtcNow - _openedAt : TimeSpan.Zero)).TotalSeconds);
+        }
+    }
 
     public void Start()
     {
@@ -82,8 +126,20 @@ public sealed class PerfCountingSource : IEventSource
 
         try
         {
+            _wake = new SafeFd(Sys.EventFd());
+            _kvmOpens = Sys.TryInotify(_kvmDevice, Sys.InOpen, out int inotifyErrno);
+            if (_kvmOpens is null)
+            {
+                _alwaysOpen = true;
+                Warn?.Invoke($"perf-count: cannot watch {_kvmDevice} for new VMs ({KernelErrorText(inotifyErrno)}): the "
+                    + "system-wide counters stay on, so every event is counted twice");
+            }
+            // Opened counting: the first window, until the first scans have attached every VM there is
             foreach (int cpu in _cpus)
                 _systemGroups.Add(OpenOrThrow(_totalsPlan, pid: -1, cpu, $"cpu{cpu}"));
+            _windowOpen = true;
+            _openedAt = DateTime.UtcNow;
+            _windows = 1;
             // The plan's filters are checked once, on this thread, so a kernel that rejects one fails here, named.
             // (Opened after the system groups, so closing it unregisters no tracepoint.)
             using (CounterGroup probe = OpenOrThrow(_vcpuPlan, pid: 0, cpu: -1, "this thread"))
@@ -113,12 +169,24 @@ public sealed class PerfCountingSource : IEventSource
     private void Run()
     {
         string? lastWarning = null;
-        while (!_stop.Token.WaitHandle.WaitOne(_options.PollTimeoutMs))
+        while (!_stopping)
         {
+            bool kvmOpened = false;
+            if (_kvmOpens is not null)
+            {
+                int woke = Sys.PollReadable(_kvmOpens, _wake!, WindowPaced ? WindowPollMs : _options.PollTimeoutMs);
+                kvmOpened = woke == 1 && Sys.DrainNonBlocking(_kvmOpens);
+            }
+            else
+            {
+                Sys.PollReadable(_wake!, _wake!, _options.PollTimeoutMs);
+            }
+            if (_stopping)
+                break;
             Interlocked.Increment(ref _wakeups);
             try
             {
-                Refresh();
+                Refresh(kvmOpened);
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
@@ -129,40 +197,146 @@ public sealed class PerfCountingSource : IEventSource
         }
     }
 
+    /// <summary>A window is open (and closes once every VM is attached): poll at its pace.</summary>
+    private bool WindowPaced
+    {
+        get { lock (_gate) return _windowOpen && !_alwaysOpen; }
+    }
+
     /// <summary>Reads every group, adds what is new to the series, and attaches to threads that appeared.</summary>
-    public void Refresh()
+    public void Refresh() => Refresh(kvmOpened: false);
+
+    private void Refresh(bool kvmOpened)
     {
         lock (_gate)
         {
             if (_shard is null)
                 return;
             lock (_shard.Gate) // this thread is shard 0's writer now: compaction waits
-                RefreshLocked();
+                RefreshLocked(kvmOpened);
         }
     }
 
-    private void RefreshLocked()
+    private void RefreshLocked(bool kvmOpened)
     {
+        DateTime now = DateTime.UtcNow;
+        if (kvmOpened)
         {
-            long[] attributed = CollectThreads();
-            ReadSystemTotals();
-            long unattributedSum = 0;
-            for (int k = 0; k < _unattributed.Length; k++)
+            // A VMM may be starting: count what its threads do before they are attached, from now on
+            OpenWindow(now);
+            _kvmOpenPending = true;
+            _kvmOpenedAt = now;
+        }
+        bool fdsChanged = !_windowOpen && VcpuFdsChanged();
+        if (fdsChanged)
+            OpenWindow(now); // perhaps a vCPU added to a running VM: catch it until it has counters
+        long[] attributed;
+        bool grew = false;
+        if (_windowOpen)
+        {
+            ReadSystemTotals(); // first: what the threads have counted since can only lower the estimate
+            attributed = CollectThreads();
+            grew = UpdateWindow(attributed);
+        }
+        else
+        {
+            attributed = CollectThreads();
+        }
+
+        bool paced = _windowOpen && !_alwaysOpen;
+        bool rescanDue = kvmOpened || fdsChanged || now >= _lastScan.AddMilliseconds(paced ? WindowRescanMs : MinRescanMs);
+        if (now >= _nextScan || (rescanDue && (grew || paced)))
+        {
+            _aggregator.Registry.Scan();
+            _lastScan = now;
+            _nextScan = now.AddMilliseconds(_options.DiscoveryIntervalMs);
+            (bool complete, bool attached) = AttachAndRetire();
+            attributed = CollectThreads();
+            if (attached || (_kvmOpenPending && now >= _kvmOpenedAt.AddMilliseconds(OpenGraceMs)))
+                _kvmOpenPending = false; // a VM came of the open, or none did (a capability probe)
+            if (!complete)
+                OpenWindow(now); // a vCPU without counters (added to a running VM, or past the fd limit)
+            else if (paced && !_kvmOpenPending && !attached)
+                CloseWindow(now); // every vCPU had counters at the last scan too
+            // (Not waiting for the unattributed estimate to stop growing: it is read while the attached threads run,
+            // so it creeps up by the few events of each read's gap, and a busy VM would hold the window open.)
+        }
+        ReportEvents(attributed);
+    }
+
+    /// <summary>Whether a VM has a vCPU fd it had not when all of them had counters (two stat(2) calls per VM; its
+    /// fds are walked again only when its threads or fds changed in number).</summary>
+    private bool VcpuFdsChanged()
+    {
+        foreach ((VmInfo vm, IReadOnlyList<int> counted) in _countedVcpuFds)
+        {
+            IReadOnlyList<int> now = _aggregator.Registry.VcpuFds(vm);
+            if (vm.ExitedAt is null && !ReferenceEquals(now, counted) && now.Except(counted).Any())
+                return true; // a vCPU index that had no counters (fewer is no reason: a VM going away)
+        }
+        return false;
+    }
+
+    /// <summary>Starts the system-wide counters, after reading what the threads have counted so far.</summary>
+    private void OpenWindow(DateTime now)
+    {
+        if (_windowOpen)
+            return;
+        Array.Copy(CollectThreads(), _attributedAtOpen, Kinds);
+        Array.Copy(_systemTotals, _systemAtOpen, Kinds); // they kept their counts while off
+        foreach (CounterGroup g in _systemGroups)
+            g.Enable();
+        _windowOpen = true;
+        _openedAt = now;
+        _windows++;
+    }
+
+    /// <summary>Stops the system-wide counters, then takes the window's last estimate from them and the threads.</summary>
+    private void CloseWindow(DateTime now)
+    {
+        foreach (CounterGroup g in _systemGroups)
+            g.Disable();
+        ReadSystemTotals();
+        long[] attributed = CollectThreads();
+        UpdateWindow(attributed);
+        for (int k = 0; k < Kinds; k++)
+        {
+            _closedUnattributed[k] += _windowUnattributed[k];
+            _windowUnattributed[k] = 0;
+        }
+        _windowOpen = false;
+        _windowTime += now - _openedAt;
+        ReportEvents(attributed);
+    }
+
+    /// <summary>This window's unattributed events: system-wide less attributed since it opened. It only grows, and
+    /// each reading is at or below the truth (system totals read first), so its maximum is kept; true when it grew.</summary>
+    private bool UpdateWindow(long[] attributed)
+    {
+        bool grew = false;
+        for (int k = 0; k < Kinds; k++)
+        {
+            long estimate = (_systemTotals[k] - _systemAtOpen[k]) - (attributed[k] - _attributedAtOpen[k]);
+            if (estimate > _windowUnattributed[k])
             {
-                _unattributed[k] = Math.Max(0, _systemTotals[k] - attributed[k]);
-                unattributedSum += _unattributed[k];
+                _windowUnattributed[k] = estimate;
+                grew = true;
             }
-            bool unseenThreads = unattributedSum > _lastUnattributedSum;
-            _lastUnattributedSum = unattributedSum;
-            DateTime now = DateTime.UtcNow;
-            // A thread that cannot be attached (fd limit) keeps adding unattributed events: rescan at most 5 times a second.
-            if ((unseenThreads && now >= _lastScan.AddMilliseconds(MinRescanMs)) || now >= _nextScan)
+        }
+        return grew;
+    }
+
+    /// <summary>kvmobserve_events_total: what the threads counted plus what no thread did.</summary>
+    private void ReportEvents(long[] attributed)
+    {
+        for (int k = 0; k < Kinds; k++)
+        {
+            long total = attributed[k] + _closedUnattributed[k] + _windowUnattributed[k];
+            long delta = total - _reportedEvents[k];
+            if (delta > 0)
             {
-                _aggregator.Registry.Scan();
-                _lastScan = now;
-                _nextScan = now.AddMilliseconds(_options.DiscoveryIntervalMs);
-                AttachAndRetire();
-                CollectThreads();
+                _shard!.AddEvents((KvmEventKind)k, delta);
+                _reportedEvents[k] = total;
             }
         }
     }
@@ -183,33 +357,37 @@ public sealed class PerfCountingSource : IEventSource
     private void ReadSystemTotals()
     {
         Span<long> values = stackalloc long[_totalsPlan!.Counters.Count];
-        var totals = new long[_systemTotals.Length];
+        var totals = new long[Kinds];
         foreach (CounterGroup g in _systemGroups)
         {
             if (!g.TryRead(values))
-                continue;
+                return; // keep the last reading: a partial sum would look like fewer events
             foreach ((KvmEventKind kind, int counter) in _totalsPlan.Totals)
                 totals[(int)kind] += values[counter];
         }
-        for (int k = 0; k < totals.Length; k++)
-        {
-            long delta = totals[k] - _systemTotals[k];
-            if (delta > 0)
-                _shard!.AddEvents((KvmEventKind)k, delta);
+        for (int k = 0; k < Kinds; k++)
             _systemTotals[k] = Math.Max(_systemTotals[k], totals[k]);
-        }
     }
 
-    private void AttachAndRetire()
+    /// <summary>Attaches to the threads of every running VM that have no counters yet, and retires the counters of
+    /// threads gone. Complete: every VM has vCPU fds, and a thread with counters for each (its named vCPU threads; every
+    /// thread of a VMM that does not name them). Changed: a thread was attached.</summary>
+    private (bool Complete, bool Changed) AttachAndRetire()
     {
         var alive = new HashSet<int>();
+        bool complete = true, changed = false;
         foreach (VmInfo vm in _aggregator.Registry.Vms())
         {
             if (vm.ExitedAt is not null)
                 continue;
             IReadOnlyList<(int Tid, int Vcpu)> threads = _aggregator.Registry.ThreadsOf(vm);
+            if (threads.Count == 0)
+                continue; // exited since the scan
             // VMMs that name their vCPU threads (QEMU, load) get the exit counters on those only; others on every thread.
-            bool named = threads.Any(t => t.Vcpu >= 0);
+            // Once named, always: a VMM between two VMs has no vCPU thread, and is no less one that names them.
+            if (threads.Any(t => t.Vcpu >= 0))
+                _namingVmms.Add(vm);
+            bool named = _namingVmms.Contains(vm);
             foreach ((int tid, int vcpu) in threads)
             {
                 alive.Add(tid);
@@ -220,28 +398,43 @@ public sealed class PerfCountingSource : IEventSource
                         continue;
                     Retire(have); // a thread that named itself a vCPU after it was first seen
                 }
-                Attach(tid, plan);
+                changed |= Attach(tid, plan);
             }
+            IReadOnlyList<int> vcpuFds = _aggregator.Registry.VcpuFds(vm);
+            bool counted = vcpuFds.Count > 0 // none yet: the VMM is still setting up
+                && (named
+                    ? vcpuFds.All(i => threads.Any(t => t.Vcpu == i && _threads.TryGetValue(t.Tid, out ThreadCounters? c) && c.Plan == _vcpuPlan))
+                    : threads.All(t => _threads.ContainsKey(t.Tid)));
+            if (counted)
+                _countedVcpuFds[vm] = vcpuFds;
+            else
+                _countedVcpuFds.Remove(vm);
+            complete &= counted;
         }
+        foreach (VmInfo gone in _countedVcpuFds.Keys.Where(v => v.ExitedAt is not null).ToList())
+            _countedVcpuFds.Remove(gone);
+        _namingVmms.RemoveWhere(v => v.ExitedAt is not null);
         foreach (ThreadCounters t in _threads.Values.Where(t => !alive.Contains(t.Tid)).ToList())
             Retire(t);
+        return (complete, changed);
     }
 
-    private void Attach(int tid, CounterPlan plan)
+    private bool Attach(int tid, CounterPlan plan)
     {
         if (plan.Counters.Count == 0 || !EnsureFds(plan.Counters.Count))
-            return;
+            return false;
         CounterGroup? group = CounterGroup.TryOpen(plan, tid, cpu: -1, out int errno);
         if (group is null)
         {
             if (errno != 3) // ESRCH: the thread has just exited
                 Warn?.Invoke($"perf-count: cannot attach to thread {tid}: {KernelErrorText(errno)}");
-            return;
+            return false;
         }
         var counters = new ThreadCounters(tid, plan, group);
         _threads[tid] = counters;
         _openFds += group.Size;
         counters.Collect(_shard!.Series);
+        return true;
     }
 
     /// <summary>Takes a thread's last counts (a counter outlives its exited task) and closes its group.</summary>
@@ -280,7 +473,9 @@ public sealed class PerfCountingSource : IEventSource
 
     public void Stop()
     {
-        _stop.Cancel();
+        _stopping = true;
+        if (_wake is not null && !_wake.IsClosed)
+            Sys.Write(_wake, BitConverter.GetBytes(1UL));
         if (_thread is not null && _thread.ThreadState != ThreadState.Unstarted)
             _thread.Join();
         _thread = null;
@@ -293,8 +488,21 @@ public sealed class PerfCountingSource : IEventSource
         {
             if (_shard is not null)
             {
-                CollectThreads();
-                ReadSystemTotals();
+                long[] attributed;
+                if (_windowOpen)
+                {
+                    ReadSystemTotals();
+                    attributed = CollectThreads();
+                    UpdateWindow(attributed);
+                }
+                else
+                {
+                    attributed = CollectThreads();
+                }
+                ReportEvents(attributed);
+                if (_windowOpen)
+                    _windowTime += DateTime.UtcNow - _openedAt;
+                _windowOpen = false;
             }
             foreach (ThreadCounters t in _threads.Values)
                 t.Dispose();
@@ -305,6 +513,10 @@ public sealed class PerfCountingSource : IEventSource
             _openFds = 0;
             _shard = null;
         }
+        _kvmOpens?.Dispose();
+        _kvmOpens = null;
+        _wake?.Dispose();
+        _wake = null;
     }
 
     public void Dispose() => Stop();
