@@ -67,9 +67,10 @@ public static unsafe class Sys
         }
     }
 
-    /// <summary>(size, mtime in ns) of <paramref name="path"/> by stat(2), or null when it cannot be read. A process's
-    /// fd directory in procfs has its open fds as its size (Linux 6.2+).</summary>
-    public static (long Size, long MtimeNs)? TryStat(string path)
+    /// <summary>(size, mtime in ns, link count) of <paramref name="path"/> by stat(2), or null when it cannot be read.
+    /// In procfs a process's fd directory has its open fds as its size (Linux 6.2+), and its task directory its thread
+    /// count plus 2 as its link count.</summary>
+    public static (long Size, long MtimeNs, long Links)? TryStat(string path)
     {
         byte* buffer = stackalloc byte[Libc.StatSize];
         if (Libc.Stat(path, buffer) != 0)
@@ -77,17 +78,8 @@ public static unsafe class Sys
         var s = new ReadOnlySpan<byte>(buffer, Libc.StatSize);
         return (BinaryPrimitives.ReadInt64LittleEndian(s[Libc.StatSizeOffset..]),
             BinaryPrimitives.ReadInt64LittleEndian(s[Libc.StatMtimeOffset..]) * 1_000_000_000
-            + BinaryPrimitives.ReadInt64LittleEndian(s[(Libc.StatMtimeOffset + 8)..]));
-    }
-
-    /// <summary>st_nlink of <paramref name="path"/> by stat(2), or null when it cannot be read. A process's task
-    /// directory in procfs has its thread count plus 2.</summary>
-    public static long? TryLinkCount(string path)
-    {
-        byte* buffer = stackalloc byte[Libc.StatSize];
-        if (Libc.Stat(path, buffer) != 0)
-            return null;
-        return BinaryPrimitives.ReadInt64LittleEndian(new ReadOnlySpan<byte>(buffer, Libc.StatSize)[Libc.StatNlinkOffset..]);
+            + BinaryPrimitives.ReadInt64LittleEndian(s[(Libc.StatMtimeOffset + 8)..]),
+            BinaryPrimitives.ReadInt64LittleEndian(s[Libc.StatNlinkOffset..]));
     }
 
     /// <summary>Sends <paramref name="signal"/> to <paramref name="pid"/>; false when it is gone (or not ours to signal).</summary>

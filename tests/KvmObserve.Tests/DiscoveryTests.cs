@@ -57,6 +57,27 @@ public sealed class DiscoveryTests : IDisposable
     [InlineData("0::/machine.slice/machine-qemu\\x2d1\\x2dweb.scope/libvirt/vcpu0\n", null)]
     public void Pod_uids_from_cgroup_paths(string cgroup, string? uid) => Assert.Equal(uid, ProcfsParsers.KubernetesPodUid(cgroup));
 
+    /// <summary>A VM's vCPU fds are walked once and then trusted while its thread and fd counts stand (the counting
+    /// source asks every poll); a new vCPU comes with a new thread, and is seen at once.</summary>
+    [Fact]
+    public void A_vms_vcpu_fds_are_walked_again_when_it_gains_a_thread()
+    {
+        _proc.Vm(100, "qemu-system-x86", "qemu-system-x86_64\0-name\0db\0", threads: [(100, "qemu-system-x86"), (101, "CPU 0/KVM")]);
+        _proc.VcpuFd(100, 10, 0);
+        VmRegistry registry = Scan();
+        VmInfo vm = registry.Vms().Single();
+        IReadOnlyList<int> first = registry.VcpuFds(vm);
+        Assert.Equal([0], first);
+        Assert.Same(first, registry.VcpuFds(vm)); // nothing changed: not walked again
+
+        _proc.Thread(100, 102, "CPU 1/KVM"); // a vCPU added to the running VM: its thread, its fd
+        _proc.VcpuFd(100, 11, 1);
+        Assert.Equal([0, 1], registry.VcpuFds(vm));
+
+        _proc.Exit(100);
+        Assert.Empty(registry.VcpuFds(vm));
+    }
+
     /// <summary>A process once found to hold no VM fd is not walked again until its fd directory changes: one that
     /// opens a VM afterwards is found at the next scan, and one that exits and whose pid comes back as a VMM too.</summary>
     [Fact]

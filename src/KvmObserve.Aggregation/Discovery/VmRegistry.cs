@@ -137,8 +137,8 @@ public sealed class VmRegistry
     {
         string procDir = Path.Combine(_procRoot, vm.Pid.ToString(CultureInfo.InvariantCulture));
         string fdDir = Path.Combine(procDir, "fd");
-        if (KvmObserve.Native.Sys.TryLinkCount(Path.Combine(procDir, "task")) is not long threads
-            || KvmObserve.Native.Sys.TryStat(fdDir) is not (long fds, _))
+        if (KvmObserve.Native.Sys.TryStat(Path.Combine(procDir, "task")) is not (_, _, long threads)
+            || KvmObserve.Native.Sys.TryStat(fdDir) is not (long fds, _, _))
             return [];
         lock (_gate)
         {
@@ -147,18 +147,7 @@ public sealed class VmRegistry
         }
         if (!ProcessAlive(vm))
             return [];
-        var vcpus = new List<int>();
-        foreach (string fd in SafeEnumerate(fdDir))
-        {
-            try
-            {
-                if (ProcfsParsers.VcpuFromFdTarget(new FileInfo(fd).LinkTarget) is int vcpu)
-                    vcpus.Add(vcpu);
-            }
-            catch (IOException) { }
-            catch (UnauthorizedAccessException) { }
-        }
-        int[] sorted = vcpus.Distinct().Order().ToArray();
+        int[] sorted = FdTargets(vm.Pid).Select(ProcfsParsers.VcpuFromFdTarget).OfType<int>().Distinct().Order().ToArray();
         lock (_gate)
             _vcpuFds[vm.Pid] = (threads, fds, sorted);
         return sorted;
@@ -407,7 +396,7 @@ public sealed class VmRegistry
     private bool HoldsVmFdCached(int pid, bool full)
     {
         string procDir = Path.Combine(_procRoot, pid.ToString(CultureInfo.InvariantCulture));
-        if (KvmObserve.Native.Sys.TryStat(Path.Combine(procDir, "fd")) is not (long size, long mtime)
+        if (KvmObserve.Native.Sys.TryStat(Path.Combine(procDir, "fd")) is not (long size, long mtime, _)
             || ReadText(Path.Combine(procDir, "stat")) is not string stat || ProcfsParsers.ParseStartTime(stat) is not ulong start)
             return HoldsVmFd(pid);
         if (!full && _notVmm.TryGetValue(pid, out var known) && known == (start, size, mtime))
@@ -420,19 +409,23 @@ public sealed class VmRegistry
         return holds;
     }
 
-    private bool HoldsVmFd(int pid)
+    private bool HoldsVmFd(int pid) => FdTargets(pid).Contains(ProcfsParsers.KvmVmFdTarget);
+
+    /// <summary>What each of a process's fds points at (readlink of /proc/PID/fd/N), lazily; an fd closed meanwhile is skipped.</summary>
+    private IEnumerable<string> FdTargets(int pid)
     {
         foreach (string fd in SafeEnumerate(Path.Combine(_procRoot, pid.ToString(CultureInfo.InvariantCulture), "fd")))
         {
+            string? target;
             try
             {
-                if (new FileInfo(fd).LinkTarget == ProcfsParsers.KvmVmFdTarget)
-                    return true;
+                target = new FileInfo(fd).LinkTarget;
             }
-            catch (IOException) { }
-            catch (UnauthorizedAccessException) { }
+            catch (IOException) { continue; }
+            catch (UnauthorizedAccessException) { continue; }
+            if (target is not null)
+                yield return target;
         }
-        return false;
     }
 
     private bool ProcessAlive(VmInfo vm)
