@@ -13,15 +13,17 @@ public static class LabelValues
 
     public static string Page(ulong pageNumber) => pageNumber == MetricFamilies.OtherPage ? "other" : Hex(pageNumber << 12);
 
-    public static string InOut(ulong write) => write != 0 ? "out" : "in";
+    /// <summary>PIO's direction: "other" where a counting source does not tell them apart.</summary>
+    public static string InOut(ulong write) => write == MetricFamilies.OtherDirection ? "other" : write != 0 ? "out" : "in";
 
-    public static string ReadWrite(ulong write) => write != 0 ? "write" : "read";
+    public static string ReadWrite(ulong write) => write == MetricFamilies.OtherDirection ? "other" : write != 0 ? "write" : "read";
 
     public static string MmioDirection(uint type) => type switch
     {
         0 => "unsatisfied_read",
         1 => "read",
         2 => "write",
+        MetricFamilies.OtherDirection => "other",
         _ => type.ToString(CultureInfo.InvariantCulture),
     };
 

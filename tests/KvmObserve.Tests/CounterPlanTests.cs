@@ -42,7 +42,7 @@ public class CounterPlanTests
     [Fact]
     public void Other_is_the_total_less_every_listed_key()
     {
-        CounterPlan plan = Plan(KvmIsa.Svm, new CountingKeys { Keyed = KeyedFamilies.Ports, Ports = [0x3f8, 0x80] });
+        CounterPlan plan = Plan(KvmIsa.Svm, new CountingKeys { Keyed = KeyedFamilies.Ports | KeyedFamilies.Directions, Ports = [0x3f8, 0x80] });
         var pio = plan.Counters.Select((c, i) => (c, i)).Where(x => x.c.Tracepoint.Name == "kvm_pio").ToDictionary(x => x.c.Filter ?? "total", x => x.i);
         // One counter tells the directions apart: the reads are what the total leaves.
         Assert.Equal(["total", "rw == 1", "port == 1016 && rw == 0", "port == 128 && rw == 0", "port == 1016 && rw == 1", "port == 128 && rw == 1"], pio.Keys);
@@ -63,6 +63,26 @@ public class CounterPlanTests
     }
 
     [Fact]
+    public void Ports_keyed_without_directions_count_both_directions_together()
+    {
+        CounterPlan plan = Plan(KvmIsa.Svm, new CountingKeys { Keyed = KeyedFamilies.Ports, Ports = [0x3f8, 0x80] });
+        var pio = plan.Counters.Select((c, i) => (c, i)).Where(x => x.c.Tracepoint.Name == "kvm_pio").ToDictionary(x => x.c.Filter ?? "total", x => x.i);
+        Assert.Equal(["total", "port == 1016", "port == 128"], pio.Keys);
+
+        // 10 to 0x3f8, 4 to 0x80, 5 elsewhere, whichever way
+        var values = new long[plan.Counters.Count];
+        values[pio["total"]] = 19;
+        values[pio["port == 1016"]] = 10;
+        values[pio["port == 128"]] = 4;
+        var series = plan.Outputs.Where(o => o.Family == MetricFamily.Pio)
+            .ToDictionary(o => (o.Label1, o.Label2), o => CounterPlan.Evaluate(o, values));
+        Assert.Equal(3, series.Count);
+        Assert.Equal(10, series[(0x3f8, CounterPlan.OtherDirection)]);
+        Assert.Equal(4, series[(0x80, CounterPlan.OtherDirection)]);
+        Assert.Equal(5, series[(CounterPlan.Other, CounterPlan.OtherDirection)]);
+    }
+
+    [Fact]
     public void Userspace_exits_split_restarts_and_errors_from_reasons()
     {
         CounterPlan plan = Plan(KvmIsa.Svm, new CountingKeys { Keyed = KeyedFamilies.All });
@@ -75,7 +95,7 @@ public class CounterPlanTests
     [Fact]
     public void Halt_wakeups_are_polled_or_waited_and_mmio_by_type_only()
     {
-        CounterPlan plan = Plan(KvmIsa.Svm);
+        CounterPlan plan = Plan(KvmIsa.Svm, new CountingKeys { Keyed = KeyedFamilies.Exits | KeyedFamilies.Directions });
         var wake = plan.Outputs.Where(o => o.Family == MetricFamily.HaltWakeups).ToList();
         Assert.Equal([(uint)HaltOutcome.PollSuccess, (uint)HaltOutcome.Waited], wake.Select(o => o.Label1));
         var values = new long[plan.Counters.Count];
@@ -96,10 +116,15 @@ public class CounterPlanTests
     public void By_default_only_exit_reasons_are_keyed_and_the_rest_is_counted_whole_under_other()
     {
         CounterPlan plan = Plan(KvmIsa.Vmx);
-        // kvm_pio: its total and one direction filter, whatever the port lists hold
-        Assert.Equal([null, "rw == 1"], plan.Counters.Where(c => c.Tracepoint.Name == "kvm_pio").Select(c => c.Filter));
-        Assert.Equal([null], plan.Counters.Where(c => c.Tracepoint.Name == "kvm_userspace_exit").Select(c => c.Filter));
+        // The events of an exit to user space get their totals alone, as `perf stat -e` counts them: a direction
+        // filter would match every other event, and a matching counter costs the kernel as much as the total.
+        string[] exitPath = ["kvm_pio", "kvm_mmio", "kvm_userspace_exit"];
+        Assert.Equal([null, null, null], plan.Counters.Where(c => exitPath.Contains(c.Tracepoint.Name)).Select(c => c.Filter));
         Assert.All(plan.Outputs.Where(o => o.Family is MetricFamily.Pio or MetricFamily.UserspaceExits), o => Assert.Equal(CounterPlan.Other, o.Label1));
+        Assert.Equal([((ulong)CounterPlan.OtherDirection, (uint)CounterPlan.Other)],
+            plan.Outputs.Where(o => o.Family == MetricFamily.Pio).Select(o => (o.Label2, o.Label1)));
+        Assert.Equal([(CounterPlan.OtherDirection, CounterPlan.OtherPage)],
+            plan.Outputs.Where(o => o.Family == MetricFamily.Mmio).Select(o => (o.Label1, o.Label2)));
         Assert.Equal(Decoders.ExitReasons.Reasons(KvmIsa.Vmx).Count + 2, plan.Counters.Count(c => c.Tracepoint.Name == "kvm_exit"));
 
         CounterPlan none = Plan(KvmIsa.Vmx, new CountingKeys { Keyed = KeyedFamilies.None });
@@ -114,6 +139,7 @@ public class CounterPlanTests
     [InlineData("exits", KeyedFamilies.Exits)]
     [InlineData(" ports, msrs ,cpuid-leaves", KeyedFamilies.Ports | KeyedFamilies.Msrs | KeyedFamilies.CpuidLeaves)]
     [InlineData("userspace-exits,vectors", KeyedFamilies.UserspaceExits | KeyedFamilies.Vectors)]
+    [InlineData("directions", KeyedFamilies.Directions)]
     public void Keyed_families_parse_from_the_setting(string text, KeyedFamilies expected) =>
         Assert.Equal(expected, CountingKeys.ParseFamilies(text));
 
@@ -121,7 +147,7 @@ public class CounterPlanTests
     public void An_unknown_keyed_family_names_itself_and_the_choices()
     {
         var e = Assert.Throws<FormatException>(() => CountingKeys.ParseFamilies("exits,port"));
-        Assert.Equal("'port' is not one of all, none, exits, userspace-exits, ports, msrs, cpuid-leaves, vectors", e.Message);
+        Assert.Equal("'port' is not one of all, none, exits, userspace-exits, ports, msrs, cpuid-leaves, vectors, directions", e.Message);
     }
 
     [Fact]

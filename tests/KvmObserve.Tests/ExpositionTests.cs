@@ -44,7 +44,12 @@ public class ExpositionTests
     {
         Assert.Equal("0x3f8", LabelValues.Hex(0x3f8));
         Assert.Equal("out", LabelValues.InOut(1));
+        Assert.Equal("in", LabelValues.InOut(0));
+        Assert.Equal("other", LabelValues.InOut(MetricFamilies.OtherDirection)); // a counting source's default
+        Assert.Equal("write", LabelValues.ReadWrite(1));
+        Assert.Equal("other", LabelValues.ReadWrite(MetricFamilies.OtherDirection));
         Assert.Equal("unsatisfied_read", LabelValues.MmioDirection(0));
+        Assert.Equal("other", LabelValues.MmioDirection(MetricFamilies.OtherDirection));
         Assert.Equal("GP", LabelValues.Vector(13));
         Assert.Equal("42", LabelValues.Vector(42));
         Assert.Equal("not_present_write", LabelValues.PageFaultKind((uint)AggregatingSink.ClassifyFault(0x2)));

@@ -52,6 +52,9 @@ public static class MetricFamilies
     /// <summary>An MMIO address a counting source cannot know.</summary>
     public const ulong OtherPage = ulong.MaxValue;
 
+    /// <summary>A direction a counting source does not tell apart (PIO and MSR: Label2; MMIO type: Label1).</summary>
+    public const uint OtherDirection = uint.MaxValue;
+
     /// <summary>Families whose series are histograms.</summary>
     public static bool IsHistogram(MetricFamily family) =>
         family is MetricFamily.ExitLatency or MetricFamily.UserspaceLatency or MetricFamily.HaltDuration;

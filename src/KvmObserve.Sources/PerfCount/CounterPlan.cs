@@ -17,13 +17,15 @@ public sealed record OutputSpec(MetricFamily Family, uint Label1, ulong Label2, 
 /// the families <see cref="CountingKeys.Keyed"/> names, one counter per key value, the filter set in the kernel
 /// (exit_reason == N for each reason of the host's table, errno == 0 &amp;&amp; reason == N for userspace exits, ...).
 /// Keys that are not counted on their own (families not keyed, values outside the lists, MMIO addresses) are labelled
-/// <see cref="Other"/>: the total less the keys. Pure: built from the decoders' statuses and tables, no I/O.
+/// <see cref="Other"/>: the total less the keys; so are directions unless <see cref="KeyedFamilies.Directions"/> is
+/// keyed (<see cref="OtherDirection"/>). Pure: built from the decoders' statuses and tables, no I/O.
 /// </summary>
 public sealed class CounterPlan
 {
     /// <summary>The label value of "every key not counted on its own".</summary>
     public const uint Other = MetricFamilies.OtherKey;
     public const ulong OtherPage = MetricFamilies.OtherPage;
+    public const uint OtherDirection = MetricFamilies.OtherDirection;
 
     private readonly List<CounterSpec> _counters = new();
     private readonly List<OutputSpec> _outputs = new();
@@ -141,9 +143,14 @@ public sealed class CounterPlan
                 Keyed(s, MetricFamily.UserspaceExits, total, reasons, Other, 0);
                 break;
             case KvmEventKind.Pio:
-                PerDirection(s, total, MetricFamily.Pio, "rw", Keys(KeyedFamilies.Ports) ? keys.Ports : [], "port");
+                PerDirection(s, total, MetricFamily.Pio, Keys(KeyedFamilies.Directions) ? "rw" : null, Keys(KeyedFamilies.Ports) ? keys.Ports : [], "port");
                 break;
             case KvmEventKind.Mmio:
+                if (!Keys(KeyedFamilies.Directions))
+                {
+                    Output(MetricFamily.Mmio, OtherDirection, OtherPage, [total]);
+                    break;
+                }
                 // KVM_TRACE_MMIO_READ_UNSATISFIED, _READ, _WRITE: the address is not countable, the type is (the
                 // writes are what the other two leave)
                 int unsatisfied = Counter(s, "type == 0"), read = Counter(s, "type == 1");
@@ -152,7 +159,7 @@ public sealed class CounterPlan
                 Output(MetricFamily.Mmio, 2, OtherPage, [total], [unsatisfied, read]);
                 break;
             case KvmEventKind.Msr:
-                PerDirection(s, total, MetricFamily.Msr, "write", Keys(KeyedFamilies.Msrs) ? keys.Msrs : [], "ecx");
+                PerDirection(s, total, MetricFamily.Msr, Keys(KeyedFamilies.Directions) ? "write" : null, Keys(KeyedFamilies.Msrs) ? keys.Msrs : [], "ecx");
                 break;
             case KvmEventKind.Cpuid:
                 Keyed(s, MetricFamily.Cpuid, total,
@@ -189,9 +196,15 @@ public sealed class CounterPlan
     }
 
     /// <summary>Listed keys per direction, and per direction the rest as "other". One counter tells the directions
-    /// apart (direction 1); direction 0 is what the total leaves.</summary>
-    private void PerDirection(TracepointStatus s, int total, MetricFamily family, string directionField, IReadOnlyList<uint> keys, string keyField)
+    /// apart (direction 1); direction 0 is what the total leaves. Without a direction field (directions not keyed) the
+    /// keys and the rest are counted both ways together, under direction "other".</summary>
+    private void PerDirection(TracepointStatus s, int total, MetricFamily family, string? directionField, IReadOnlyList<uint> keys, string keyField)
     {
+        if (directionField is null)
+        {
+            Keyed(s, family, total, keys.Select(k => (k, (ulong)OtherDirection, $"{keyField} == {N(k)}")), Other, OtherDirection);
+            return;
+        }
         int ones = Counter(s, $"{directionField} == 1");
         for (uint direction = 0; direction <= 1; direction++)
         {
