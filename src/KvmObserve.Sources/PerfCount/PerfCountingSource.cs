@@ -13,7 +13,9 @@ namespace KvmObserve.Sources.PerfCount;
 /// <para>
 /// Events of threads not attached yet are caught by system-wide totals (one group per CPU), which run only in attach
 /// windows: from the start, from each open of /dev/kvm (inotify), and from a poll that finds a VM with a vCPU fd it
-/// had not before, until a scan finds a thread with counters for every vCPU fd of every VM and attaches nothing new.
+/// had not before, until a scan finds a thread with counters for every vCPU fd of every VM: the vCPU threads a VMM
+/// named for them at once; where the VMM does not name them (every thread gets counters), at a scan that attaches
+/// nothing new, since the thread that will run a vCPU may start after its fd.
 /// Meanwhile procfs is scanned every 40 ms, and what the system-wide totals count and no thread accounts for is
 /// reported as unattributed. Outside windows they are off: left on, they counted every event a second time, which made
 /// this source cost about 1.4x `perf stat -a`.
@@ -223,13 +225,13 @@ public sealed class PerfCountingSource : IEventSource
         if (kvmOpened)
         {
             // A VMM may be starting: count what its threads do before they are attached, from now on
-            OpenWindow(now);
+            OpenWindow();
             _kvmOpenPending = true;
             _kvmOpenedAt = now;
         }
         bool fdsChanged = !_windowOpen && VcpuFdsChanged();
         if (fdsChanged)
-            OpenWindow(now); // perhaps a vCPU added to a running VM: catch it until it has counters
+            OpenWindow(); // perhaps a vCPU added to a running VM: catch it until it has counters
         long[] attributed;
         bool grew = false;
         if (_windowOpen)
@@ -250,14 +252,14 @@ public sealed class PerfCountingSource : IEventSource
             _aggregator.Registry.Scan();
             _lastScan = now;
             _nextScan = now.AddMilliseconds(_options.DiscoveryIntervalMs);
-            (bool complete, bool attached) = AttachAndRetire();
+            (bool complete, bool byName, bool attached) = AttachAndRetire();
             attributed = CollectThreads();
             if (attached || (_kvmOpenPending && now >= _kvmOpenedAt.AddMilliseconds(OpenGraceMs)))
                 _kvmOpenPending = false; // a VM came of the open, or none did (a capability probe)
             if (!complete)
-                OpenWindow(now); // a vCPU without counters (added to a running VM, or past the fd limit)
-            else if (paced && !_kvmOpenPending && !attached)
-                CloseWindow(now); // every vCPU had counters at the last scan too
+                OpenWindow(); // a vCPU without counters (added to a running VM, or past the fd limit)
+            else if (paced && !_kvmOpenPending && (!attached || byName))
+                CloseWindow(); // each vCPU fd has its named thread counted, or every thread had counters at the last scan too
             // (Not waiting for the unattributed estimate to stop growing: it is read while the attached threads run,
             // so it creeps up by the few events of each read's gap, and a busy VM would hold the window open.)
         }
@@ -278,7 +280,7 @@ public sealed class PerfCountingSource : IEventSource
     }
 
     /// <summary>Starts the system-wide counters, after reading what the threads have counted so far.</summary>
-    private void OpenWindow(DateTime now)
+    private void OpenWindow()
     {
         if (_windowOpen)
             return;
@@ -287,12 +289,12 @@ public sealed class PerfCountingSource : IEventSource
         foreach (CounterGroup g in _systemGroups)
             g.Enable();
         _windowOpen = true;
-        _openedAt = now;
+        _openedAt = DateTime.UtcNow; // not the poll's time: a window can open and close within one poll's scan
         _windows++;
     }
 
     /// <summary>Stops the system-wide counters, then takes the window's last estimate from them and the threads.</summary>
-    private void CloseWindow(DateTime now)
+    private void CloseWindow()
     {
         foreach (CounterGroup g in _systemGroups)
             g.Disable();
@@ -305,7 +307,7 @@ public sealed class PerfCountingSource : IEventSource
             _windowUnattributed[k] = 0;
         }
         _windowOpen = false;
-        _windowTime += now - _openedAt;
+        _windowTime += DateTime.UtcNow - _openedAt;
         ReportEvents(attributed);
     }
 
@@ -371,11 +373,13 @@ public sealed class PerfCountingSource : IEventSource
 
     /// <summary>Attaches to the threads of every running VM that have no counters yet, and retires the counters of
     /// threads gone. Complete: every VM has vCPU fds, and a thread with counters for each (its named vCPU threads; every
-    /// thread of a VMM that does not name them). Changed: a thread was attached.</summary>
-    private (bool Complete, bool Changed) AttachAndRetire()
+    /// thread of a VMM that does not name them). By name: complete, and every VM's vCPU fds matched to the threads
+    /// named for them (in a VMM that does not name them, the thread that will run a vCPU may not exist yet, so one
+    /// scan more confirms it). Changed: a thread was attached.</summary>
+    private (bool Complete, bool ByName, bool Changed) AttachAndRetire()
     {
         var alive = new HashSet<int>();
-        bool complete = true, changed = false;
+        bool complete = true, byName = true, changed = false;
         foreach (VmInfo vm in _aggregator.Registry.Vms())
         {
             if (vm.ExitedAt is not null)
@@ -410,13 +414,14 @@ public sealed class PerfCountingSource : IEventSource
             else
                 _countedVcpuFds.Remove(vm);
             complete &= counted;
+            byName &= named;
         }
         foreach (VmInfo gone in _countedVcpuFds.Keys.Where(v => v.ExitedAt is not null).ToList())
             _countedVcpuFds.Remove(gone);
         _namingVmms.RemoveWhere(v => v.ExitedAt is not null);
         foreach (ThreadCounters t in _threads.Values.Where(t => !alive.Contains(t.Tid)).ToList())
             Retire(t);
-        return (complete, changed);
+        return (complete, complete && byName, changed);
     }
 
     private bool Attach(int tid, CounterPlan plan)
