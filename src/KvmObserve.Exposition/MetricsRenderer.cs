@@ -349,7 +349,7 @@ public static class MetricsRenderer
                 "perf-count: times its system-wide counters were started to catch threads not yet attached (a new VM, a vCPU without counters).");
             w.Begin("kvmobserve_attach_windows_total").Label("source", source).Value(windows);
             w.Family("kvmobserve_attach_window_seconds_total", "counter",
-                "perf-count: time its system-wide counters ran; each event is counted twice meanwhile.");
+                "perf-count: time its system-wide counters ran; meanwhile the events of threads already attached are counted twice.");
             w.Begin("kvmobserve_attach_window_seconds_total").Label("source", source).Value(seconds);
         }
 

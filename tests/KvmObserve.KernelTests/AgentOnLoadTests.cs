@@ -167,6 +167,7 @@ public class AgentOnLoadTests
         string name = $"steady{Environment.ProcessId}";
         Metrics idle = agent.ScrapeUntil(x => x.Sum("kvmobserve_attach_windows_total") >= 1);
         double windowsBefore = idle.Sum("kvmobserve_attach_windows_total");
+        double secondsBefore = idle.Sum("kvmobserve_attach_window_seconds_total");
         Task<JsonElement> load = Task.Run(() => Agent.Load("--mode", "pio", "--vcpus", "2", "--count", "20000", "--duration", "4", "--name", name));
         Metrics attached = agent.ScrapeUntil(x => x.Sum("kvm_pio_total", ("vm", name)) > 0);
         Thread.Sleep(500); // the window closes at the scan after the attach (tens of ms)
@@ -176,6 +177,8 @@ public class AgentOnLoadTests
         Assert.False(load.IsCompleted, "the VM ended before the steady state was looked at; the test proves nothing");
         Assert.True(second.Sum("kvm_pio_total", ("vm", name)) > first.Sum("kvm_pio_total", ("vm", name)), "the VM did not run meanwhile");
         Assert.True(first.Sum("kvmobserve_attach_windows_total") > windowsBefore, "no window was opened for the new VM");
+        // The window ran while the VM was being attached, however quickly: its time is counted, not 0 s.
+        Assert.True(first.Sum("kvmobserve_attach_window_seconds_total") > secondsBefore, "the new VM's window added no time");
         Assert.Equal(first.Sum("kvmobserve_attach_window_seconds_total"), second.Sum("kvmobserve_attach_window_seconds_total"));
         Assert.Equal(first.Sum("kvmobserve_attach_windows_total"), second.Sum("kvmobserve_attach_windows_total"));
         long driven = PerVm(load.Result, "pio").Values.Sum();

@@ -51,6 +51,7 @@ public sealed class PerfCountingSource : IEventSource
     private readonly long[] _windowUnattributed = new long[Kinds];
     private readonly long[] _closedUnattributed = new long[Kinds];
     private readonly long[] _reportedEvents = new long[Kinds];
+    private readonly long[] _attributed = new long[Kinds];      // CollectThreads' result
     private Shard? _shard;
     private CounterPlan? _vcpuPlan, _otherPlan, _totalsPlan;
     private Thread? _thread;
@@ -105,7 +106,7 @@ public sealed class PerfCountingSource : IEventSource
             return _closedUnattributed[(int)kind] + _windowUnattributed[(int)kind];
     }
 
-    /// <summary>Attach windows so far, and how long they were open in all: the time each event was counted twice.</summary>
+    /// <summary>Attach windows so far, and how long they were open in all: the time the events of attached threads were counted twice.</summary>
     public (long Windows, double Seconds)? AttachWindows
     {
         get
@@ -346,7 +347,8 @@ public sealed class PerfCountingSource : IEventSource
     /// <summary>Collects every attached thread; returns the events per kind attributed so far (retired included).</summary>
     private long[] CollectThreads()
     {
-        var attributed = (long[])_retiredTotals.Clone();
+        long[] attributed = _attributed; // one buffer, read by the caller before the next collect
+        Array.Copy(_retiredTotals, attributed, Kinds);
         foreach (ThreadCounters t in _threads.Values)
         {
             t.Collect(_shard!.Series);
@@ -359,7 +361,7 @@ public sealed class PerfCountingSource : IEventSource
     private void ReadSystemTotals()
     {
         Span<long> values = stackalloc long[_totalsPlan!.Counters.Count];
-        var totals = new long[Kinds];
+        Span<long> totals = stackalloc long[Kinds];
         foreach (CounterGroup g in _systemGroups)
         {
             if (!g.TryRead(values))
@@ -493,21 +495,13 @@ public sealed class PerfCountingSource : IEventSource
         {
             if (_shard is not null)
             {
-                long[] attributed;
-                if (_windowOpen)
+                lock (_shard.Gate) // as in Refresh: a compaction of the shard waits for the last counts
                 {
-                    ReadSystemTotals();
-                    attributed = CollectThreads();
-                    UpdateWindow(attributed);
+                    if (_windowOpen)
+                        CloseWindow(); // its last estimate, and its time
+                    else
+                        ReportEvents(CollectThreads());
                 }
-                else
-                {
-                    attributed = CollectThreads();
-                }
-                ReportEvents(attributed);
-                if (_windowOpen)
-                    _windowTime += DateTime.UtcNow - _openedAt;
-                _windowOpen = false;
             }
             foreach (ThreadCounters t in _threads.Values)
                 t.Dispose();
