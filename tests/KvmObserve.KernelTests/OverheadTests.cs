@@ -51,6 +51,19 @@ public class OverheadTests
             long[] observed = arm.GetProperty("observed").EnumerateArray().Select(v => v.GetInt64()).ToArray();
             if (name.StartsWith("agent", StringComparison.Ordinal) || name.StartsWith("bpftrace", StringComparison.Ordinal))
                 Assert.All(observed, n => Assert.Equal(3000 + 1000, n)); // the measured run and its warm-up VM: every PIO exit
+            if (name.StartsWith("agent", StringComparison.Ordinal))
+            {
+                // Each round also says what the agent's own metrics counted while the measured VM ran.
+                JsonElement[] self = arm.GetProperty("rounds_self").EnumerateArray().ToArray();
+                Assert.Equal(2, self.Length);
+                Assert.All(self, s =>
+                {
+                    Assert.Equal(0, s.GetProperty("kvmobserve_events_lost_total").GetDouble());
+                    Assert.Equal(0, s.GetProperty("kvmobserve_decode_errors_total").GetDouble());
+                    if (name.EndsWith("tracefs", StringComparison.Ordinal)) // woken at least once to read 3,000 exits' records
+                        Assert.True(s.GetProperty("kvmobserve_reader_wakeups_total").GetDouble() >= 1, s.ToString());
+                });
+            }
             else if (name.StartsWith("drain", StringComparison.Ordinal))
                 Assert.All(observed, n => Assert.True(n > 3000 * 16, $"{n} bytes drained")); // 5+ records per exit
         }

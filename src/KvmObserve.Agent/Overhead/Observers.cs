@@ -9,7 +9,9 @@ namespace KvmObserve.Agent.Overhead;
 /// <summary>What an observer did during one measured VM run.</summary>
 /// <param name="Observed">Events it reports having seen (counted, read or drained): proof it was live; -1 if it cannot tell.</param>
 /// <param name="CpuNs">CPU time its own process spent (user + system) while the VM ran; -1 where that is not its cost.</param>
-public sealed record ObserverRun(long Observed, long CpuNs);
+/// <param name="Self">What the agent's own metrics say it did while the VM ran (each a /metrics family summed over its
+/// series, the increase from before the run to after it), by family name; null for observers other than the agent.</param>
+public sealed record ObserverRun(long Observed, long CpuNs, IReadOnlyDictionary<string, double>? Self = null);
 
 /// <summary>One arm of an overhead run: something that watches the kvm tracepoints (or nothing), started before a
 /// measured VM run and stopped after it.</summary>
@@ -95,6 +97,7 @@ public sealed class AgentObserver(string source) : IObserver, IDisposable
     private Child? _agent;
     private int _port;
     private long _cpuMark;
+    private Dictionary<string, double> _selfMark = new();
     private readonly HttpClient _http = new() { Timeout = TimeSpan.FromSeconds(5) };
 
     public string Name => $"agent --source {source}";
@@ -149,26 +152,58 @@ public sealed class AgentObserver(string source) : IObserver, IDisposable
             last = now;
         }
         _cpuMark = _agent.CpuNs();
+        _selfMark = SelfFamilies(_http.GetStringAsync($"http://127.0.0.1:{_port}/metrics").Result);
+    }
+
+    /// <summary>The agent's own metrics an overhead round reports: what explains a round that cost more than others
+    /// (how long a counting source kept its attach window open, how often a reader woke).</summary>
+    public static readonly string[] SelfReported =
+    [
+        "kvmobserve_attach_windows_total", "kvmobserve_attach_window_seconds_total", "kvmobserve_reader_wakeups_total",
+        "kvmobserve_events_unattributed_total", "kvmobserve_events_lost_total", "kvmobserve_decode_errors_total",
+    ];
+
+    /// <summary>Each of <see cref="SelfReported"/> summed over its series, as the exposition reads now.</summary>
+    public static Dictionary<string, double> SelfFamilies(string exposition)
+    {
+        var sums = new Dictionary<string, double>();
+        foreach (string line in exposition.Split('\n'))
+        {
+            if (line.Length == 0 || line[0] == '#')
+                continue;
+            int end = line.IndexOfAny(['{', ' ']);
+            if (end <= 0)
+                continue;
+            string family = line[..end];
+            if (Array.IndexOf(SelfReported, family) < 0)
+                continue;
+            sums[family] = sums.GetValueOrDefault(family) + double.Parse(line[(line.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture);
+        }
+        return sums;
     }
 
     public ObserverRun Finish(long events)
     {
         long cpu = _agent!.CpuNs() - _cpuMark;
         long seen = 0;
+        string text;
         DateTime until = DateTime.UtcNow.AddSeconds(5);
         do
         {
-            string text = _http.GetStringAsync($"http://127.0.0.1:{_port}/metrics").Result;
+            text = _http.GetStringAsync($"http://127.0.0.1:{_port}/metrics").Result;
             seen = (long)text.Split('\n').Where(l => l.StartsWith("kvm_pio_total{", StringComparison.Ordinal))
                 .Sum(l => double.Parse(l[(l.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture));
         }
         while (seen < events && DateTime.UtcNow < until && Sleep(100));
+        Dictionary<string, double> self = SelfFamilies(text);
+        foreach (string family in self.Keys.ToArray())
+            self[family] -= _selfMark.GetValueOrDefault(family);
         int code = _agent.Stop(15, TimeSpan.FromSeconds(15));
         _agent.Dispose();
         _agent = null;
         if (code != 0)
             throw new InvalidOperationException($"the agent (--source {source}) exited with {code}");
-        return new ObserverRun(seen, cpu);
+        return new ObserverRun(seen, cpu, self);
     }
 
     private static bool Sleep(int ms)
@@ -230,11 +265,17 @@ public sealed class DrainObserver(string tracefsRoot, IReadOnlyList<(string Syst
             {
                 if (Native.Sys.PollReadable(fd, wake, 100) != 1)
                     continue;
-                int n;
-                while ((n = Native.Sys.TryRead(fd, buffer)) > 0)
-                    Interlocked.Add(ref _bytes, n);
+                ReadToEmpty(fd, buffer);
             }
+            ReadToEmpty(fd, buffer); // what is left below the watermark when the run ends: read, as cat would at its end
         }
+    }
+
+    private void ReadToEmpty(Native.SafeFd fd, byte[] buffer)
+    {
+        int n;
+        while ((n = Native.Sys.TryRead(fd, buffer)) > 0)
+            Interlocked.Add(ref _bytes, n);
     }
 
     /// <summary>The copy-free drain: whole ring-buffer pages moved into a pipe by splice(2), and from the pipe to
@@ -270,17 +311,23 @@ public sealed class DrainObserver(string tracefsRoot, IReadOnlyList<(string Syst
     /// <summary>Observed: bytes drained (records and page headers), not events.</summary>
     public ObserverRun Finish(long events)
     {
+        StopReaders(); // after their last reads: the run's records below the wake-up watermark are counted too
         long read = Interlocked.Read(ref _bytes) - _mark;
         Dispose();
         return new ObserverRun(read, -1);
     }
 
-    public void Dispose()
+    private void StopReaders()
     {
         _stop = true;
         foreach (Thread t in _readers)
             t.Join();
         _readers.Clear();
+    }
+
+    public void Dispose()
+    {
+        StopReaders();
         _instance?.Dispose();
         _instance = null;
     }

@@ -22,6 +22,9 @@ public sealed class ArmResult(string key, string name)
     /// <summary>Events of the driven kind the observer reported seeing, per round.</summary>
     public List<long> Observed { get; } = new();
 
+    /// <summary>The agent's own metrics' increase over each round (<see cref="ObserverRun.Self"/>); empty for others.</summary>
+    public List<IReadOnlyDictionary<string, double>> Self { get; } = new();
+
     public double Median => Stats.Median(PerExitNs);
 
     /// <summary>ns added per exit: the median over rounds of this arm's time minus no probes' time in the same round
@@ -84,8 +87,11 @@ public sealed class OverheadRun(LoadMode mode, uint count, int rounds, IReadOnly
                     results[a].Observed.Add(seen.Observed);
                     if (seen.CpuNs >= 0)
                         results[a].CpuPerExitNs.Add(seen.CpuNs / (double)count);
+                    if (seen.Self is not null)
+                        results[a].Self.Add(seen.Self);
                     log.WriteLine($"round {round + 1}/{rounds} {observer.Name,-40} {perExit,9:F0} ns/exit" +
-                        (seen.Observed >= 0 ? $"  observed {seen.Observed}" : ""));
+                        (seen.Observed >= 0 ? $"  observed {seen.Observed}" : "") +
+                        (seen.CpuNs >= 0 ? $"  own CPU {seen.CpuNs / 1e6:F0} ms" : "") + SelfLine(seen.Self));
                 }
                 finally
                 {
@@ -97,6 +103,23 @@ public sealed class OverheadRun(LoadMode mode, uint count, int rounds, IReadOnly
     }
 
     public ArmResult Baseline => Results[0];
+
+    /// <summary>The agent's own figures of a round that can explain its cost, when they are not zero.</summary>
+    private static string SelfLine(IReadOnlyDictionary<string, double>? self)
+    {
+        if (self is null)
+            return "";
+        var sb = new StringBuilder();
+        if (self.GetValueOrDefault("kvmobserve_attach_windows_total") is double windows and > 0)
+            sb.Append(CultureInfo.InvariantCulture, $"  windows {windows:F0} ({self.GetValueOrDefault("kvmobserve_attach_window_seconds_total") * 1000:F0} ms)");
+        if (self.GetValueOrDefault("kvmobserve_reader_wakeups_total") is double wakeups and > 0)
+            sb.Append(CultureInfo.InvariantCulture, $"  wake-ups {wakeups:F0}");
+        if (self.GetValueOrDefault("kvmobserve_events_unattributed_total") is double unattributed and > 0)
+            sb.Append(CultureInfo.InvariantCulture, $"  unattributed {unattributed:F0}");
+        if (self.GetValueOrDefault("kvmobserve_events_lost_total") + self.GetValueOrDefault("kvmobserve_decode_errors_total") is double bad and > 0)
+            sb.Append(CultureInfo.InvariantCulture, $"  lost or malformed {bad:F0}");
+        return sb.ToString();
+    }
 
     public string Table()
     {
@@ -145,6 +168,25 @@ public sealed class OverheadRun(LoadMode mode, uint count, int rounds, IReadOnly
                 foreach (long v in r.Observed)
                     w.WriteNumberValue(v);
                 w.WriteEndArray();
+                if (r.CpuPerExitNs.Count > 0)
+                {
+                    w.WriteStartArray("rounds_own_cpu_ns_per_exit");
+                    foreach (double v in r.CpuPerExitNs)
+                        w.WriteNumberValue(Math.Round(v, 1));
+                    w.WriteEndArray();
+                }
+                if (r.Self.Count > 0)
+                {
+                    w.WriteStartArray("rounds_self"); // the agent's own metrics' increase over each round
+                    foreach (IReadOnlyDictionary<string, double> self in r.Self)
+                    {
+                        w.WriteStartObject();
+                        foreach ((string family, double v) in self.OrderBy(p => p.Key, StringComparer.Ordinal))
+                            w.WriteNumber(family, Math.Round(v, 6));
+                        w.WriteEndObject();
+                    }
+                    w.WriteEndArray();
+                }
                 w.WriteEndObject();
             }
             w.WriteEndArray();
