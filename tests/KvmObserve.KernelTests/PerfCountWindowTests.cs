@@ -1,8 +1,10 @@
 using KvmObserve.Aggregation;
 using KvmObserve.Aggregation.Discovery;
+using KvmObserve.Decoding.Events;
 using KvmObserve.Sources;
 using KvmObserve.Sources.PerfCount;
 using KvmObserve.Sources.Tracefs;
+using KvmObserve.Workload;
 
 namespace KvmObserve.KernelTests;
 
@@ -47,5 +49,48 @@ public class PerfCountWindowTests
         Assert.True(WindowsOf(blind).Seconds >= before + 0.25, "the blind source's system-wide counters stopped");
         Assert.Single(warnings, w => w.Contains("cannot watch /nonexistent/kvm", StringComparison.Ordinal));
         Assert.DoesNotContain(warnings, w => w.Contains("cannot watch /dev/kvm", StringComparison.Ordinal));
+    }
+
+    /// <summary>A VMM that closed its VM and lives on (this test process, as `overhead` runs VMs one after another;
+    /// a VMM that reuses its process) holds no vCPU fd: nothing of it can run a guest, so it must not hold a window
+    /// open. It did: its system-wide counters stayed on, every event was counted twice, and perf-count cost more than
+    /// `perf stat -a`. Its next VM opens a window again (an open of /dev/kvm) and is counted whole.</summary>
+    [KernelFact]
+    public void A_VMM_between_two_VMs_holds_no_window_open_and_its_next_VM_is_counted_whole()
+    {
+        string root = TracefsLocator.Find(mountIfNeeded: true, out string? problem) ?? throw new InvalidOperationException(problem);
+        var aggregator = new Aggregator(CpuTopology.PossibleCpus(), new VmRegistry());
+        using var source = new PerfCountingSource(new SourceOptions { Events = ["kvm_pio", "kvm_userspace_exit"] }, aggregator, root,
+            CpuTopology.OnlineCpus());
+        source.Start();
+        // Its vCPU waits 300 ms before it runs, so the source has the VM (and this process) in sight when it ends.
+        LoadOptions Vm(uint count) => new() { Modes = LoadMode.Pio, Count = count, Vcpus = 1, StartDelay = TimeSpan.FromMilliseconds(300) };
+        long Counted() => aggregator.Shards.Sum(s => s.EventsOf(KvmEventKind.Pio));
+        long CountedSince(long mark, long driven) // once every exit is in, or after 2 s (a window's edge can miss a few)
+        {
+            DateTime deadline = DateTime.UtcNow.AddSeconds(2);
+            while (Counted() - mark < driven && DateTime.UtcNow < deadline)
+                Thread.Sleep(20);
+            return Counted() - mark;
+        }
+
+        VmRunner.Run(Vm(5_000), "first");
+        long first = CountedSince(0, 5_000);
+        Assert.True(first is <= 5_000 and > 5_000 - 100, $"the first VM's PIO exits counted: {first} of 5,000");
+        Thread.Sleep(1_500); // past an open's grace: the window has no reason to stay open
+        (long windows, double seconds) = WindowsOf(source);
+        Thread.Sleep(500);
+        Assert.True(Math.Abs(WindowsOf(source).Seconds - seconds) < 1e-9,
+            $"the window stays open for a VMM with no vCPU: {seconds:F3} s, then {WindowsOf(source).Seconds:F3} s");
+
+        long before = Counted();
+        VmRunner.Run(Vm(20_000), "second");
+        long second = CountedSince(before, 20_000);
+        Assert.True(second is <= 20_000 and > 20_000 - 100, $"the second VM's PIO exits counted: {second} of 20,000");
+        Assert.True(WindowsOf(source).Windows > windows, "the second VM opened no window");
+        Thread.Sleep(1_500);
+        double after = WindowsOf(source).Seconds;
+        Thread.Sleep(500);
+        Assert.True(Math.Abs(WindowsOf(source).Seconds - after) < 1e-9, "the window stays open after the second VM");
     }
 }

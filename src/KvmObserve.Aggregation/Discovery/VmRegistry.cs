@@ -129,6 +129,13 @@ public sealed class VmRegistry
 
     private readonly Dictionary<int, (long Threads, long Fds, int[] Vcpus)> _vcpuFds = new();
 
+    /// <summary>How long ago <paramref name="vm"/>'s process started (null if the clock cannot be read): its start
+    /// time is in USER_HZ (100) ticks since boot, as /proc/uptime's seconds are.</summary>
+    public TimeSpan? Age(VmInfo vm) =>
+        ReadText(Path.Combine(_procRoot, "uptime")) is string uptime && ProcfsParsers.ParseUptime(uptime) is double seconds
+            ? TimeSpan.FromSeconds(Math.Max(0, seconds - vm.StartTime / 100.0))
+            : null;
+
     /// <summary>The vCPU indexes of the anon_inode:kvm-vcpu:N fds <paramref name="vm"/> holds now (empty once it has
     /// exited). Its fds are walked again only when its thread count or fd count changed (a new vCPU comes with a new
     /// thread in every VMM we know; an fd directory's mtime does not change in procfs); until then the same array is

@@ -15,7 +15,8 @@ namespace KvmObserve.Sources.PerfCount;
 /// windows: from the start, from each open of /dev/kvm (inotify), and from a poll that finds a VM with a vCPU fd it
 /// had not before, until a scan finds a thread with counters for every vCPU fd of every VM: the vCPU threads a VMM
 /// named for them at once; where the VMM does not name them (every thread gets counters), at a scan that attaches
-/// nothing new, since the thread that will run a vCPU may start after its fd.
+/// nothing new, since the thread that will run a vCPU may start after its fd. A VMM that holds no vCPU fd is waited
+/// for only while it may be setting a VM up (its first 5 s); one that closed its VM and lives on runs no guest.
 /// Meanwhile procfs is scanned every 40 ms, and what the system-wide totals count and no thread accounts for is
 /// reported as unattributed. Outside windows they are off: left on, they counted every event a second time, which made
 /// this source cost about 1.4x `perf stat -a`.
@@ -33,6 +34,11 @@ public sealed class PerfCountingSource : IEventSource
     private const int WindowPollMs = 20, WindowRescanMs = 40;
     /// <summary>How long an open of /dev/kvm keeps a window open while nothing new is attached (a capability probe).</summary>
     private const int OpenGraceMs = 1000;
+    /// <summary>How long a VMM process without vCPU fds keeps a window open once it started: it may be setting its
+    /// VM up (QEMU allocates guest memory before it creates vCPUs). Older, or one that had vCPUs and has none now (it
+    /// closed its VM and lives on), it can run no guest: no window for it. A vCPU fd appearing later opens one at the
+    /// next poll.</summary>
+    private static readonly TimeSpan SetupGrace = TimeSpan.FromSeconds(5);
     private static readonly int Kinds = Enum.GetValues<KvmEventKind>().Length;
 
     private readonly SourceOptions _options;
@@ -71,6 +77,7 @@ public sealed class PerfCountingSource : IEventSource
     private long _windows;
     private readonly Dictionary<VmInfo, IReadOnlyList<int>> _countedVcpuFds = new(); // each VM's vCPU fds when all had counters
     private readonly HashSet<VmInfo> _namingVmms = new(); // VMMs seen to name their vCPU threads
+    private readonly HashSet<VmInfo> _hadVcpus = new(); // VMMs seen holding vCPU fds
 
     public PerfCountingSource(SourceOptions options, Aggregator aggregator, string tracefsRoot, IReadOnlyList<int> cpus,
         CountingKeys? keys = null, uint? hostIsa = null, string kvmDevice = "/dev/kvm")
@@ -407,10 +414,13 @@ public sealed class PerfCountingSource : IEventSource
                 changed |= Attach(tid, plan);
             }
             IReadOnlyList<int> vcpuFds = _aggregator.Registry.VcpuFds(vm);
-            bool counted = vcpuFds.Count > 0 // none yet: the VMM is still setting up
-                && (named
+            bool counted = vcpuFds.Count > 0
+                ? (named
                     ? vcpuFds.All(i => threads.Any(t => t.Vcpu == i && _threads.TryGetValue(t.Tid, out ThreadCounters? c) && c.Plan == _vcpuPlan))
-                    : threads.All(t => _threads.ContainsKey(t.Tid)));
+                    : threads.All(t => _threads.ContainsKey(t.Tid)))
+                : _hadVcpus.Contains(vm) || !(_aggregator.Registry.Age(vm) < SetupGrace); // closed its VM, or not setting one up
+            if (vcpuFds.Count > 0)
+                _hadVcpus.Add(vm);
             if (counted)
                 _countedVcpuFds[vm] = vcpuFds;
             else
@@ -420,6 +430,7 @@ public sealed class PerfCountingSource : IEventSource
         }
         foreach (VmInfo gone in _countedVcpuFds.Keys.Where(v => v.ExitedAt is not null).ToList())
             _countedVcpuFds.Remove(gone);
+        _hadVcpus.RemoveWhere(v => v.ExitedAt is not null);
         _namingVmms.RemoveWhere(v => v.ExitedAt is not null);
         foreach (ThreadCounters t in _threads.Values.Where(t => !alive.Contains(t.Tid)).ToList())
             Retire(t);
