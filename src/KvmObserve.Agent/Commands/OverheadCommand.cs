@@ -78,18 +78,19 @@ internal static class OverheadCommand
                 var formats = new TracefsFormats(root);
                 IReadOnlyList<(string, string)> events = formats.Decoders().Statuses.Where(s => s.Available)
                     .Select(s => (s.Tracepoint.System, s.Tracepoint.Name)).ToList();
+                string driven = OverheadRun.Driven(m).Tracepoint;
                 var arms = new List<(string, Func<IObserver>)> { ("none", () => new NoObserver()) };
                 foreach (string s in sources)
-                    arms.Add((s, () => new AgentObserver(s)));
+                    arms.Add((s, () => new AgentObserver(s, driven)));
                 foreach (string r in references)
                 {
                     arms.Add((r, r switch
                     {
                         "drain" => () => new DrainObserver(root, events),
                         "drain-splice" => () => new DrainObserver(root, events, splice: true),
-                        "perf-stat" => () => new PerfStatObserver(events),
+                        "perf-stat" => () => new PerfStatObserver(events, driven),
                         "perf-record" => () => new PerfRecordObserver(events),
-                        _ => () => new BpftraceObserver(events),
+                        _ => () => new BpftraceObserver(events, driven),
                     }));
                 }
                 var run = new OverheadRun(m, (uint)parse.GetValue(count), parse.GetValue(rounds), arms, Console.Error);
@@ -117,7 +118,7 @@ internal static class OverheadCommand
             ArmResult? refArm = run.Results.FirstOrDefault(r => r.Key == ReferenceOf(s));
             if (arm is null || refArm is null)
                 continue;
-            double added = arm.AddedOver(run.Baseline), refAdded = refArm.AddedOver(run.Baseline);
+            double added = arm.Added, refAdded = refArm.Added;
             double share = added > 0 ? Math.Max(0, added - refAdded) / added : 0;
             lines.Add(string.Create(CultureInfo.InvariantCulture,
                 $"{s}: adds {added:F0} ns per exit = {added / refAdded:F2}x what {refArm.Name} adds ({refAdded:F0} ns); the agent's own share: {100 * share:F0}%"));

@@ -92,7 +92,8 @@ internal sealed class Child : IDisposable
 }
 
 /// <summary>The agent itself (`kvmobserve run --source S`) in its own process, as users run it.</summary>
-public sealed class AgentObserver(string source) : IObserver, IDisposable
+/// <param name="driven">The tracepoint the measured VM drives (kvm_pio, ...): what it counts as observed.</param>
+public sealed class AgentObserver(string source, string driven) : IObserver, IDisposable
 {
     private Child? _agent;
     private int _port;
@@ -152,21 +153,28 @@ public sealed class AgentObserver(string source) : IObserver, IDisposable
             last = now;
         }
         _cpuMark = _agent.CpuNs();
-        _selfMark = SelfFamilies(_http.GetStringAsync($"http://127.0.0.1:{_port}/metrics").Result);
+        _selfMark = SelfFamilies(_http.GetStringAsync($"http://127.0.0.1:{_port}/metrics").Result, driven);
     }
 
     /// <summary>The agent's own metrics an overhead round reports: what explains a round that cost more than others
-    /// (how long a counting source kept its attach window open, how often a reader woke).</summary>
+    /// (how long a counting source kept its attach window open, how often a reader woke), and what it counted.</summary>
     public static readonly string[] SelfReported =
     [
-        "kvmobserve_attach_windows_total", "kvmobserve_attach_window_seconds_total", "kvmobserve_reader_wakeups_total",
-        "kvmobserve_events_unattributed_total", "kvmobserve_events_lost_total", "kvmobserve_decode_errors_total",
+        "kvmobserve_events_total", "kvmobserve_events_unattributed_total", "kvmobserve_events_lost_total",
+        "kvmobserve_decode_errors_total", "kvmobserve_attach_windows_total", "kvmobserve_attach_window_seconds_total",
+        "kvmobserve_reader_wakeups_total",
     ];
 
-    /// <summary>Each of <see cref="SelfReported"/> summed over its series, as the exposition reads now.</summary>
-    public static Dictionary<string, double> SelfFamilies(string exposition)
+    /// <summary>Each of <see cref="SelfReported"/> summed over its series, as the exposition reads now (the events
+    /// counted, and those no thread accounts for: of the <paramref name="driven"/> tracepoint only). Events, lost and
+    /// malformed records are there for every source, 0 when it has none.</summary>
+    public static Dictionary<string, double> SelfFamilies(string exposition, string driven)
     {
-        var sums = new Dictionary<string, double>();
+        string eventLabel = $"event=\"{driven}\"";
+        var sums = new Dictionary<string, double>
+        {
+            ["kvmobserve_events_total"] = 0, ["kvmobserve_events_lost_total"] = 0, ["kvmobserve_decode_errors_total"] = 0,
+        };
         foreach (string line in exposition.Split('\n'))
         {
             if (line.Length == 0 || line[0] == '#')
@@ -175,7 +183,8 @@ public sealed class AgentObserver(string source) : IObserver, IDisposable
             if (end <= 0)
                 continue;
             string family = line[..end];
-            if (Array.IndexOf(SelfReported, family) < 0)
+            if (Array.IndexOf(SelfReported, family) < 0
+                || (family is "kvmobserve_events_total" or "kvmobserve_events_unattributed_total" && !line.Contains(eventLabel, StringComparison.Ordinal)))
                 continue;
             sums[family] = sums.GetValueOrDefault(family) + double.Parse(line[(line.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture);
         }
@@ -185,17 +194,16 @@ public sealed class AgentObserver(string source) : IObserver, IDisposable
     public ObserverRun Finish(long events)
     {
         long cpu = _agent!.CpuNs() - _cpuMark;
-        long seen = 0;
-        string text;
+        long seen;
+        Dictionary<string, double> self;
         DateTime until = DateTime.UtcNow.AddSeconds(5);
         do
         {
-            text = _http.GetStringAsync($"http://127.0.0.1:{_port}/metrics").Result;
-            seen = (long)text.Split('\n').Where(l => l.StartsWith("kvm_pio_total{", StringComparison.Ordinal))
-                .Sum(l => double.Parse(l[(l.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture));
+            // Every event of the driven tracepoint it counted since it started: attributed to a VM or not
+            self = SelfFamilies(_http.GetStringAsync($"http://127.0.0.1:{_port}/metrics").Result, driven);
+            seen = (long)self.GetValueOrDefault("kvmobserve_events_total");
         }
         while (seen < events && DateTime.UtcNow < until && Sleep(100));
-        Dictionary<string, double> self = SelfFamilies(text);
         foreach (string family in self.Keys.ToArray())
             self[family] -= _selfMark.GetValueOrDefault(family);
         int code = _agent.Stop(15, TimeSpan.FromSeconds(15));
@@ -378,7 +386,7 @@ internal abstract class ToolObserver(string tool, string package) : IObserver, I
 }
 
 /// <summary>`perf stat -a` counting the same tracepoints: what counting in the kernel costs, perf's way.</summary>
-internal sealed class PerfStatObserver(IReadOnlyList<(string System, string Name)> events) : ToolObserver("perf", "linux-perf")
+internal sealed class PerfStatObserver(IReadOnlyList<(string System, string Name)> events, string driven) : ToolObserver("perf", "linux-perf")
 {
     public override string Name => "perf stat -a";
 
@@ -386,7 +394,7 @@ internal sealed class PerfStatObserver(IReadOnlyList<(string System, string Name
 
     protected override void WaitReady(Child child) => Thread.Sleep(1000); // perf prints nothing until it ends
 
-    protected override long Observed(string output) => output.Split('\n').Where(l => l.Contains("kvm:kvm_pio", StringComparison.Ordinal))
+    protected override long Observed(string output) => output.Split('\n').Where(l => l.Contains($",kvm:{driven},", StringComparison.Ordinal))
         .Select(l => long.TryParse(l.Split(',')[0], CultureInfo.InvariantCulture, out long n) ? n : 0).Sum();
 }
 
@@ -404,7 +412,7 @@ internal sealed class PerfRecordObserver(IReadOnlyList<(string System, string Na
 
 /// <summary>bpftrace counting the same tracepoints into BPF maps, one unkeyed count per tracepoint (the cheapest
 /// program bpftrace makes for it): the reference for in-kernel aggregation.</summary>
-internal sealed class BpftraceObserver(IReadOnlyList<(string System, string Name)> events) : ToolObserver("bpftrace", "bpftrace")
+internal sealed class BpftraceObserver(IReadOnlyList<(string System, string Name)> events, string driven) : ToolObserver("bpftrace", "bpftrace")
 {
     public override string Name => "bpftrace @event = count()";
 
@@ -419,8 +427,8 @@ internal sealed class BpftraceObserver(IReadOnlyList<(string System, string Name
         Thread.Sleep(300); // "Attaching N probes..." comes before the attaching is done
     }
 
-    protected override long Observed(string output) => output.Split('\n').Where(l => l.StartsWith("@kvm_pio:", StringComparison.Ordinal))
-        .Select(l => long.Parse(l["@kvm_pio:".Length..].Trim(), CultureInfo.InvariantCulture)).Sum();
+    protected override long Observed(string output) => output.Split('\n').Where(l => l.StartsWith($"@{driven}:", StringComparison.Ordinal))
+        .Select(l => long.Parse(l[$"@{driven}:".Length..].Trim(), CultureInfo.InvariantCulture)).Sum();
 }
 
 internal static class Tools

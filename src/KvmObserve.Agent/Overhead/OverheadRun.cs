@@ -16,6 +16,10 @@ public sealed class ArmResult(string key, string name)
     /// <summary>Round-trip time per exit of each round (ns).</summary>
     public List<double> PerExitNs { get; } = new();
 
+    /// <summary>Each round's baseline for this arm: the mean round trip per exit (ns) of two runs with no probes, one
+    /// right before the observer started and one right after it stopped.</summary>
+    public List<double> BaselineNs { get; } = new();
+
     /// <summary>The observer's own CPU time per exit of each round (ns; empty where not its cost).</summary>
     public List<double> CpuPerExitNs { get; } = new();
 
@@ -27,10 +31,12 @@ public sealed class ArmResult(string key, string name)
 
     public double Median => Stats.Median(PerExitNs);
 
-    /// <summary>ns added per exit: the median over rounds of this arm's time minus no probes' time in the same round
-    /// (runs seconds apart): the machine's drift between rounds cancels.</summary>
-    public double AddedOver(ArmResult baseline) =>
-        Stats.Median(PerExitNs.Zip(baseline.PerExitNs, (a, b) => a - b).ToList());
+    /// <summary>ns added per exit: the median over rounds of this arm's time minus its baseline in that round (runs
+    /// a second or ten apart): the machine's drift cancels. For the arm without probes it is the noise floor.</summary>
+    public double Added => Stats.Median(PerExitNs.Zip(BaselineNs, (a, b) => a - b).ToList());
+
+    /// <summary><see cref="Added"/> as a share of the median baseline, in percent.</summary>
+    public double SlowdownPercent => 100 * Added / Stats.Median(BaselineNs);
     public double Min => PerExitNs.Min();
     public double Max => PerExitNs.Max();
 }
@@ -51,18 +57,32 @@ public static class Stats
 /// `kvmobserve overhead`: what observing costs the guests. Runs the built-in micro-VM in one mode (one vCPU, pinned)
 /// and measures its round trip per exit with no probes, with each chosen source of the agent (in its own process, as
 /// users run it), and with each reference observer of the same tracepoints (a plain drain, perf stat, bpftrace),
-/// interleaved: every round runs every arm once, starting at a different arm each round, so the machine's drift
-/// spreads over all of them. Medians over the rounds; added ns per exit are each arm's median minus no probes'.
+/// interleaved: every round runs every arm once, starting at a different arm each round. Each arm's run is paired
+/// with two runs with no probes, right before its observer starts and right after it stops: what it adds in a round
+/// is its time less their mean, so the machine's drift (this host's noise comes in bursts of tens of seconds) cancels
+/// within seconds, not across a round. Medians over the rounds. The arm with no probes is paired the same way: what
+/// it "adds" is the method's noise floor.
 /// </summary>
 public sealed class OverheadRun(LoadMode mode, uint count, int rounds, IReadOnlyList<(string Key, Func<IObserver> Make)> arms, TextWriter log)
 {
     public List<ArmResult> Results { get; } = new();
 
+    /// <summary>The tracepoint each exit of <paramref name="mode"/> fires (what observers count as seen), and how many
+    /// exits one operation of its guest program makes (an MSR operation reads one MSR and writes another).</summary>
+    public static (string Tracepoint, uint ExitsPerOp) Driven(LoadMode mode) => mode switch
+    {
+        LoadMode.Mmio => ("kvm_mmio", 1),
+        LoadMode.Msr => ("kvm_msr", 2),
+        LoadMode.Cpuid => ("kvm_cpuid", 1),
+        _ => ("kvm_pio", 1),
+    };
+
     public void Run()
     {
-        var options = new LoadOptions { Modes = mode, Count = count, Vcpus = 1, Pin = true, Name = "overhead" };
+        uint perOp = Driven(mode).ExitsPerOp, ops = Math.Max(1, count / perOp), exits = ops * perOp;
+        var options = new LoadOptions { Modes = mode, Count = ops, Vcpus = 1, Pin = true, Name = "overhead" };
         string phase = mode.ToString().ToLowerInvariant();
-        var warmup = new LoadOptions { Modes = mode, Count = Math.Max(1000, count / 10), Vcpus = 1, Pin = true, Name = "overhead-warmup" };
+        var warmup = new LoadOptions { Modes = mode, Count = Math.Max(1000, ops / 10), Vcpus = 1, Pin = true, Name = "overhead-warmup" };
         VmRunner.Run(warmup, "overhead-warmup"); // JIT, page faults of a first VM, KVM's own first-time work
         var results = new ArmResult[arms.Count];
         for (int round = 0; round < rounds; round++)
@@ -70,6 +90,7 @@ public sealed class OverheadRun(LoadMode mode, uint count, int rounds, IReadOnly
             for (int k = 0; k < arms.Count; k++)
             {
                 int a = (round + k) % arms.Count;
+                double before = PerExit(VmRunner.Run(options, $"overhead-b{round}"), phase, exits);
                 IObserver observer = arms[a].Make();
                 try
                 {
@@ -81,15 +102,18 @@ public sealed class OverheadRun(LoadMode mode, uint count, int rounds, IReadOnly
                     Thread.Sleep(300);
                     observer.Mark();
                     VmReport vm = VmRunner.Run(options, $"overhead-r{round}");
-                    ObserverRun seen = observer.Finish(count + warmup.Count);
-                    double perExit = vm.Vcpus[0].PhaseNs[phase] / (double)count;
+                    ObserverRun seen = observer.Finish(exits + warmup.Count * perOp);
+                    (observer as IDisposable)?.Dispose(); // stopped: what runs next runs with no probes
+                    double after = PerExit(VmRunner.Run(options, $"overhead-a{round}"), phase, exits);
+                    double perExit = PerExit(vm, phase, exits);
                     results[a].PerExitNs.Add(perExit);
+                    results[a].BaselineNs.Add((before + after) / 2);
                     results[a].Observed.Add(seen.Observed);
                     if (seen.CpuNs >= 0)
-                        results[a].CpuPerExitNs.Add(seen.CpuNs / (double)count);
+                        results[a].CpuPerExitNs.Add(seen.CpuNs / (double)exits);
                     if (seen.Self is not null)
                         results[a].Self.Add(seen.Self);
-                    log.WriteLine($"round {round + 1}/{rounds} {observer.Name,-40} {perExit,9:F0} ns/exit" +
+                    log.WriteLine($"round {round + 1}/{rounds} {observer.Name,-40} {perExit,9:F0} ns/exit  (none: {before:F0} before, {after:F0} after)" +
                         (seen.Observed >= 0 ? $"  observed {seen.Observed}" : "") +
                         (seen.CpuNs >= 0 ? $"  own CPU {seen.CpuNs / 1e6:F0} ms" : "") + SelfLine(seen.Self));
                 }
@@ -102,7 +126,7 @@ public sealed class OverheadRun(LoadMode mode, uint count, int rounds, IReadOnly
         Results.AddRange(results);
     }
 
-    public ArmResult Baseline => Results[0];
+    private static double PerExit(VmReport vm, string phase, uint exits) => vm.Vcpus[0].PhaseNs[phase] / (double)exits;
 
     /// <summary>The agent's own figures of a round that can explain its cost, when they are not zero.</summary>
     private static string SelfLine(IReadOnlyDictionary<string, double>? self)
@@ -124,15 +148,14 @@ public sealed class OverheadRun(LoadMode mode, uint count, int rounds, IReadOnly
     public string Table()
     {
         var sb = new StringBuilder();
-        double baseline = Baseline.Median;
-        sb.AppendLine(CultureInfo.InvariantCulture, $"{mode.ToString().ToLowerInvariant()} exits, {count} per round, {rounds} interleaved rounds (medians; spread = min..max over rounds; added = median over rounds of the difference to no probes in the same round)");
+        sb.AppendLine(CultureInfo.InvariantCulture, $"{mode.ToString().ToLowerInvariant()} exits, {count} per round, {rounds} interleaved rounds (medians; spread = min..max over rounds; added = median over rounds of the difference to the mean of two runs with no probes right before and after; for none itself: the noise floor)");
         sb.AppendLine(CultureInfo.InvariantCulture, $"{"observer",-42} {"ns/exit",9} {"spread",17} {"added ns",9} {"slowdown",9} {"own CPU ns/exit",16}");
         foreach (ArmResult r in Results)
         {
-            double added = r.AddedOver(Baseline);
+            double added = r.Added;
             string cpu = r.CpuPerExitNs.Count > 0 ? Stats.Median(r.CpuPerExitNs).ToString("F0", CultureInfo.InvariantCulture) : "";
             sb.AppendLine(CultureInfo.InvariantCulture,
-                $"{r.Name,-42} {r.Median,9:F0} {$"{r.Min:F0}..{r.Max:F0}",17} {(r == Baseline ? "" : $"{added:+0;-0}"),9} {(r == Baseline ? "" : $"{100 * added / baseline:+0.0;-0.0}%"),9} {cpu,16}");
+                $"{r.Name,-42} {r.Median,9:F0} {$"{r.Min:F0}..{r.Max:F0}",17} {$"{added:+0;-0}",9} {$"{r.SlowdownPercent:+0.0;-0.0}%",9} {cpu,16}");
         }
         return sb.ToString();
     }
@@ -142,7 +165,6 @@ public sealed class OverheadRun(LoadMode mode, uint count, int rounds, IReadOnly
         using var stream = new MemoryStream();
         using (var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true }))
         {
-            double baseline = Baseline.Median;
             w.WriteStartObject();
             w.WriteString("mode", mode.ToString().ToLowerInvariant());
             w.WriteNumber("count", count);
@@ -156,12 +178,16 @@ public sealed class OverheadRun(LoadMode mode, uint count, int rounds, IReadOnly
                 w.WriteNumber("median_ns_per_exit", Math.Round(r.Median, 1));
                 w.WriteNumber("min_ns_per_exit", Math.Round(r.Min, 1));
                 w.WriteNumber("max_ns_per_exit", Math.Round(r.Max, 1));
-                w.WriteNumber("added_ns_per_exit", Math.Round(r.AddedOver(Baseline), 1));
-                w.WriteNumber("slowdown_percent", Math.Round(100 * r.AddedOver(Baseline) / baseline, 2));
+                w.WriteNumber("added_ns_per_exit", Math.Round(r.Added, 1));
+                w.WriteNumber("slowdown_percent", Math.Round(r.SlowdownPercent, 2));
                 if (r.CpuPerExitNs.Count > 0)
                     w.WriteNumber("own_cpu_ns_per_exit", Math.Round(Stats.Median(r.CpuPerExitNs), 1));
                 w.WriteStartArray("rounds_ns_per_exit");
                 foreach (double v in r.PerExitNs)
+                    w.WriteNumberValue(Math.Round(v, 1));
+                w.WriteEndArray();
+                w.WriteStartArray("rounds_baseline_ns_per_exit"); // mean of the runs with no probes before and after
+                foreach (double v in r.BaselineNs)
                     w.WriteNumberValue(Math.Round(v, 1));
                 w.WriteEndArray();
                 w.WriteStartArray("observed");
