@@ -18,27 +18,6 @@ public class ProcfsParserTests
         Assert.Null(ProcfsParsers.ParseCpuTicks("4620 (truncated) R 1"));
     }
 
-    [Fact]
-    public void A_process_age_is_uptime_less_its_start_time_in_ticks()
-    {
-        Assert.Equal(10000.54, ProcfsParsers.ParseUptime("10000.54 19876.21\n"));
-        Assert.Null(ProcfsParsers.ParseUptime("soon"));
-        string root = Path.Combine(Path.GetTempPath(), "kvmobserve-uptime-" + Guid.NewGuid().ToString("N"));
-        Directory.CreateDirectory(root);
-        try
-        {
-            var registry = new VmRegistry(root);
-            var vm = new VmInfo(4612, startTime: 987654, "vm", "qemu", ""); // started 9,876.54 s after boot
-            Assert.Null(registry.Age(vm)); // no clock to read
-            File.WriteAllText(Path.Combine(root, "uptime"), "10000.54 19876.21\n");
-            Assert.Equal(TimeSpan.FromSeconds(124), registry.Age(vm));
-        }
-        finally
-        {
-            Directory.Delete(root, recursive: true);
-        }
-    }
-
     [Theory]
     [InlineData("CPU 0/KVM", 0)]
     [InlineData("CPU 12/KVM\n", 12)]

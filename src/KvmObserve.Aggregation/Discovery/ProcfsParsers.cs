@@ -35,14 +35,6 @@ public static class ProcfsParsers
     /// <summary>Field 22 (starttime) of /proc/PID/stat.</summary>
     public static ulong? ParseStartTime(string stat) => StatField(stat, 22);
 
-    /// <summary>Seconds since boot: the first field of /proc/uptime ("12345.67 23456.78").</summary>
-    public static double? ParseUptime(string uptime)
-    {
-        int end = uptime.IndexOf(' ');
-        return double.TryParse(end < 0 ? uptime.Trim() : uptime[..end], NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture,
-            out double seconds) ? seconds : null;
-    }
-
     /// <summary>Fields 14 and 15 (utime + stime) of /proc/PID/stat: the process's CPU time in clock ticks.</summary>
     public static ulong? ParseCpuTicks(string stat) =>
         StatField(stat, 14) is ulong user && StatField(stat, 15) is ulong system ? user + system : null;

@@ -127,37 +127,39 @@ public sealed class VmRegistry
         return vcpu;
     }
 
-    private readonly Dictionary<int, (long Threads, long Fds, int[] Vcpus)> _vcpuFds = new();
-
-    /// <summary>How long ago <paramref name="vm"/>'s process started (null if the clock cannot be read): its start
-    /// time is in USER_HZ (100) ticks since boot, as /proc/uptime's seconds are.</summary>
-    public TimeSpan? Age(VmInfo vm) =>
-        ReadText(Path.Combine(_procRoot, "uptime")) is string uptime && ProcfsParsers.ParseUptime(uptime) is double seconds
-            ? TimeSpan.FromSeconds(Math.Max(0, seconds - vm.StartTime / 100.0))
-            : null;
+    private readonly Dictionary<int, (long Threads, long Fds, int[] Vcpus, bool HoldsVm)> _vcpuFds = new();
 
     /// <summary>The vCPU indexes of the anon_inode:kvm-vcpu:N fds <paramref name="vm"/> holds now (empty once it has
     /// exited). Its fds are walked again only when its thread count or fd count changed (a new vCPU comes with a new
     /// thread in every VMM we know; an fd directory's mtime does not change in procfs); until then the same array is
     /// returned, for two stat(2) calls.</summary>
-    public IReadOnlyList<int> VcpuFds(VmInfo vm)
+    public IReadOnlyList<int> VcpuFds(VmInfo vm) => KvmFds(vm).Vcpus;
+
+    /// <summary>Whether <paramref name="vm"/>'s process holds an anon_inode:kvm-vm fd now: a VMM without one has
+    /// closed its VM (or not created it yet), one with it and no vCPU fd is setting a VM up. Walked with
+    /// <see cref="VcpuFds"/>, on the same terms.</summary>
+    public bool HoldsVmFd(VmInfo vm) => KvmFds(vm).HoldsVm;
+
+    private (int[] Vcpus, bool HoldsVm) KvmFds(VmInfo vm)
     {
         string procDir = Path.Combine(_procRoot, vm.Pid.ToString(CultureInfo.InvariantCulture));
         string fdDir = Path.Combine(procDir, "fd");
         if (KvmObserve.Native.Sys.TryStat(Path.Combine(procDir, "task")) is not (_, _, long threads)
             || KvmObserve.Native.Sys.TryStat(fdDir) is not (long fds, _, _))
-            return [];
+            return ([], false);
         lock (_gate)
         {
             if (_vcpuFds.TryGetValue(vm.Pid, out var known) && known.Threads == threads && known.Fds == fds)
-                return known.Vcpus; // the same array while nothing changed: callers may compare references
+                return (known.Vcpus, known.HoldsVm); // the same array while nothing changed: callers may compare references
         }
         if (!ProcessAlive(vm))
-            return [];
-        int[] sorted = FdTargets(vm.Pid).Select(ProcfsParsers.VcpuFromFdTarget).OfType<int>().Distinct().Order().ToArray();
+            return ([], false);
+        List<string> targets = FdTargets(vm.Pid).ToList();
+        int[] sorted = targets.Select(ProcfsParsers.VcpuFromFdTarget).OfType<int>().Distinct().Order().ToArray();
+        bool holdsVm = targets.Contains(ProcfsParsers.KvmVmFdTarget);
         lock (_gate)
-            _vcpuFds[vm.Pid] = (threads, fds, sorted);
-        return sorted;
+            _vcpuFds[vm.Pid] = (threads, fds, sorted, holdsVm);
+        return (sorted, holdsVm);
     }
 
     /// <summary>

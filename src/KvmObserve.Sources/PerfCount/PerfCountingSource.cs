@@ -15,8 +15,8 @@ namespace KvmObserve.Sources.PerfCount;
 /// windows: from the start, from each open of /dev/kvm (inotify), and from a poll that finds a VM with a vCPU fd it
 /// had not before, until a scan finds a thread with counters for every vCPU fd of every VM: the vCPU threads a VMM
 /// named for them at once; where the VMM does not name them (every thread gets counters), at a scan that attaches
-/// nothing new, since the thread that will run a vCPU may start after its fd. A VMM that holds no vCPU fd is waited
-/// for only while it may be setting a VM up (its first 5 s); one that closed its VM and lives on runs no guest.
+/// nothing new, since the thread that will run a vCPU may start after its fd. A VMM that holds a VM fd and no vCPU fd
+/// is setting a VM up: waited for, up to 5 s; one that holds neither (it closed its VM and lives on) runs no guest.
 /// Meanwhile procfs is scanned every 40 ms, and what the system-wide totals count and no thread accounts for is
 /// reported as unattributed. Outside windows they are off: left on, they counted every event a second time, which made
 /// this source cost about 1.4x `perf stat -a`.
@@ -34,10 +34,10 @@ public sealed class PerfCountingSource : IEventSource
     private const int WindowPollMs = 20, WindowRescanMs = 40;
     /// <summary>How long an open of /dev/kvm keeps a window open while nothing new is attached (a capability probe).</summary>
     private const int OpenGraceMs = 1000;
-    /// <summary>How long a VMM process without vCPU fds keeps a window open once it started: it may be setting its
-    /// VM up (QEMU allocates guest memory before it creates vCPUs). Older, or one that had vCPUs and has none now (it
-    /// closed its VM and lives on), it can run no guest: no window for it. A vCPU fd appearing later opens one at the
-    /// next poll.</summary>
+    /// <summary>How long a VMM that holds a VM fd and no vCPU fd keeps a window open: it is setting a VM up (QEMU
+    /// allocates guest memory before it creates vCPUs), and its first vCPU may run as soon as it is created. One that
+    /// holds no VM fd (it closed its VM and lives on) runs no guest: no window for it. A vCPU fd that appears later
+    /// still opens one, at the next poll.</summary>
     private static readonly TimeSpan SetupGrace = TimeSpan.FromSeconds(5);
     private static readonly int Kinds = Enum.GetValues<KvmEventKind>().Length;
 
@@ -77,7 +77,7 @@ public sealed class PerfCountingSource : IEventSource
     private long _windows;
     private readonly Dictionary<VmInfo, IReadOnlyList<int>> _countedVcpuFds = new(); // each VM's vCPU fds when all had counters
     private readonly HashSet<VmInfo> _namingVmms = new(); // VMMs seen to name their vCPU threads
-    private readonly HashSet<VmInfo> _hadVcpus = new(); // VMMs seen holding vCPU fds
+    private readonly Dictionary<VmInfo, DateTime> _settingUp = new(); // VMMs seen holding a VM fd and no vCPU fd: since when
 
     public PerfCountingSource(SourceOptions options, Aggregator aggregator, string tracefsRoot, IReadOnlyList<int> cpus,
         CountingKeys? keys = null, uint? hostIsa = null, string kvmDevice = "/dev/kvm")
@@ -301,13 +301,16 @@ public sealed class PerfCountingSource : IEventSource
         _windows++;
     }
 
-    /// <summary>Stops the system-wide counters, then takes the window's last estimate from them and the threads.</summary>
+    /// <summary>Stops the system-wide counters, then takes the window's last estimate from the threads and them. A
+    /// stopped counter keeps its count, so the threads are read first: a running vCPU's events between the stop and
+    /// the threads' read are counted by its thread and not by the system-wide totals, and are taken off the estimate
+    /// (a lower bound); the read of the totals no longer widens that gap.</summary>
     private void CloseWindow()
     {
         foreach (CounterGroup g in _systemGroups)
             g.Disable();
-        ReadSystemTotals();
         long[] attributed = CollectThreads();
+        ReadSystemTotals();
         UpdateWindow(attributed);
         for (int k = 0; k < Kinds; k++)
         {
@@ -388,6 +391,7 @@ public sealed class PerfCountingSource : IEventSource
     private (bool Complete, bool ByName, bool Changed) AttachAndRetire()
     {
         var alive = new HashSet<int>();
+        DateTime now = DateTime.UtcNow;
         bool complete = true, byName = true, changed = false;
         foreach (VmInfo vm in _aggregator.Registry.Vms())
         {
@@ -418,9 +422,9 @@ public sealed class PerfCountingSource : IEventSource
                 ? (named
                     ? vcpuFds.All(i => threads.Any(t => t.Vcpu == i && _threads.TryGetValue(t.Tid, out ThreadCounters? c) && c.Plan == _vcpuPlan))
                     : threads.All(t => _threads.ContainsKey(t.Tid)))
-                : _hadVcpus.Contains(vm) || !(_aggregator.Registry.Age(vm) < SetupGrace); // closed its VM, or not setting one up
+                : !SettingUp(vm, now);
             if (vcpuFds.Count > 0)
-                _hadVcpus.Add(vm);
+                _settingUp.Remove(vm);
             if (counted)
                 _countedVcpuFds[vm] = vcpuFds;
             else
@@ -430,11 +434,26 @@ public sealed class PerfCountingSource : IEventSource
         }
         foreach (VmInfo gone in _countedVcpuFds.Keys.Where(v => v.ExitedAt is not null).ToList())
             _countedVcpuFds.Remove(gone);
-        _hadVcpus.RemoveWhere(v => v.ExitedAt is not null);
+        foreach (VmInfo gone in _settingUp.Keys.Where(v => v.ExitedAt is not null).ToList())
+            _settingUp.Remove(gone);
         _namingVmms.RemoveWhere(v => v.ExitedAt is not null);
         foreach (ThreadCounters t in _threads.Values.Where(t => !alive.Contains(t.Tid)).ToList())
             Retire(t);
         return (complete, complete && byName, changed);
+    }
+
+    /// <summary>Whether a VMM without vCPU fds is setting a VM up: it holds a VM fd, for less than
+    /// <see cref="SetupGrace"/> so far.</summary>
+    private bool SettingUp(VmInfo vm, DateTime now)
+    {
+        if (!_aggregator.Registry.HoldsVmFd(vm))
+        {
+            _settingUp.Remove(vm);
+            return false;
+        }
+        if (!_settingUp.TryGetValue(vm, out DateTime since))
+            _settingUp[vm] = since = now;
+        return now - since < SetupGrace;
     }
 
     private bool Attach(int tid, CounterPlan plan)
