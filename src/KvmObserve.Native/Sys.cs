@@ -215,16 +215,4 @@ public static unsafe class Sys
         if (Libc.SchedSetAffinity(0, sizeof(ulong), &mask) != 0)
             throw NativeErrorException.FromLastError($"sched_setaffinity(cpu {cpu})");
     }
-
-    /// <summary>Lets the calling thread run on every CPU but <paramref name="cpu"/> (of the first 64); threads and
-    /// processes it starts from now on inherit that.</summary>
-    public static void KeepCurrentThreadOff(int cpu)
-    {
-        int cpus = Math.Min(Environment.ProcessorCount, 64);
-        ulong mask = (cpus == 64 ? ulong.MaxValue : (1UL << cpus) - 1) & ~(1UL << cpu);
-        if (mask == 0)
-            return; // one CPU: nowhere else to go
-        if (Libc.SchedSetAffinity(0, sizeof(ulong), &mask) != 0)
-            throw NativeErrorException.FromLastError($"sched_setaffinity(all but cpu {cpu})");
-    }
 }

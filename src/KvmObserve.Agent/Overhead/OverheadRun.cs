@@ -77,9 +77,6 @@ public sealed class OverheadRun(LoadMode mode, uint count, int rounds, IReadOnly
         _ => ("kvm_pio", 1),
     };
 
-    /// <summary>The CPU the measured vCPU is pinned to (LoadOptions.Pin: vCPU N on CPU N).</summary>
-    public const int GuestCpu = 0;
-
     public void Run()
     {
         uint perOp = Driven(mode).ExitsPerOp, ops = Math.Max(1, count / perOp), exits = ops * perOp;
@@ -87,11 +84,6 @@ public sealed class OverheadRun(LoadMode mode, uint count, int rounds, IReadOnly
         string phase = mode.ToString().ToLowerInvariant();
         var warmup = new LoadOptions { Modes = mode, Count = Math.Max(1000, ops / 10), Vcpus = 1, Pin = true, Name = "overhead-warmup" };
         VmRunner.Run(warmup, "overhead-warmup"); // JIT, page faults of a first VM, KVM's own first-time work
-        // The guest's CPU is the vCPU's alone, as on hosts that pin vCPUs: every observer (the agent, perf, bpftrace,
-        // the drain's threads) is started from this thread and inherits its affinity. What observing costs the guest
-        // is then the kernel's work on its CPU; what the observer spends on the others is its own CPU, shown apart.
-        // (Unpinned, a young agent's JIT and scans at a new VM, tens of ms, landed on the vCPU's CPU in some rounds.)
-        Native.Sys.KeepCurrentThreadOff(GuestCpu);
         var results = new ArmResult[arms.Count];
         for (int round = 0; round < rounds; round++)
         {
