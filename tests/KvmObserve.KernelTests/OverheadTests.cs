@@ -80,6 +80,25 @@ public class OverheadTests
         }
     }
 
+    /// <summary>In another mode every observer counts that mode's tracepoint, and an MSR operation is two exits
+    /// (rdmsr, wrmsr): the agent and perf stat each see every kvm_msr of the warm-up VM and the measured one.</summary>
+    [KernelFact]
+    public void In_msr_mode_observers_count_kvm_msr_two_per_operation()
+    {
+        (int code, string stdout, string stderr) = Overhead("--mode", "msr", "--source", "tracefs", "--against", "perf-stat",
+            "--rounds", "1", "--count", "4000", "--json");
+        Assert.True(code == 0, stderr);
+        JsonElement report = JsonDocument.Parse(stdout).RootElement;
+        Assert.Equal("msr", report.GetProperty("mode").GetString());
+        JsonElement[] arms = report.GetProperty("arms").EnumerateArray().ToArray();
+        Assert.Equal(["none", "tracefs", "perf-stat"], arms.Select(a => a.GetProperty("arm").GetString()));
+        // 4,000 exits measured (2,000 operations) and a warm-up VM of 1,000 operations (2,000 exits)
+        foreach (JsonElement arm in arms.Skip(1))
+            Assert.Equal([4000 + 2000], arm.GetProperty("observed").EnumerateArray().Select(v => v.GetInt64()));
+        JsonElement agent = arms[1].GetProperty("rounds_self")[0];
+        Assert.Equal(4000, agent.GetProperty("kvmobserve_events_total").GetDouble()); // the measured VM's, of kvm_msr
+    }
+
     [KernelFact(Kvm = false)]
     public void A_bad_option_is_one_line_and_exit_code_2()
     {

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using KvmObserve.Decoding.Events;
 using KvmObserve.Workload;
 
 namespace KvmObserve.Agent.Overhead;
@@ -67,15 +68,20 @@ public sealed class OverheadRun(LoadMode mode, uint count, int rounds, IReadOnly
 {
     public List<ArmResult> Results { get; } = new();
 
-    /// <summary>The tracepoint each exit of <paramref name="mode"/> fires (what observers count as seen), and how many
-    /// exits one operation of its guest program makes (an MSR operation reads one MSR and writes another).</summary>
-    public static (string Tracepoint, uint ExitsPerOp) Driven(LoadMode mode) => mode switch
+    /// <summary>The tracepoint each exit of <paramref name="mode"/> fires (what observers count as seen; its name is
+    /// the catalog's), and how many exits one operation of its guest program makes (an MSR operation reads one MSR and
+    /// writes another).</summary>
+    public static (string Tracepoint, uint ExitsPerOp) Driven(LoadMode mode)
     {
-        LoadMode.Mmio => ("kvm_mmio", 1),
-        LoadMode.Msr => ("kvm_msr", 2),
-        LoadMode.Cpuid => ("kvm_cpuid", 1),
-        _ => ("kvm_pio", 1),
-    };
+        (KvmEventKind kind, uint perOp) = mode switch
+        {
+            LoadMode.Mmio => (KvmEventKind.Mmio, 1u),
+            LoadMode.Msr => (KvmEventKind.Msr, 2u),
+            LoadMode.Cpuid => (KvmEventKind.Cpuid, 1u),
+            _ => (KvmEventKind.Pio, 1u),
+        };
+        return (TracepointCatalog.EventName(kind), perOp);
+    }
 
     public void Run()
     {
@@ -127,6 +133,14 @@ public sealed class OverheadRun(LoadMode mode, uint count, int rounds, IReadOnly
     }
 
     private static double PerExit(VmReport vm, string phase, uint exits) => vm.Vcpus[0].PhaseNs[phase] / (double)exits;
+
+    private static void WriteRounds(Utf8JsonWriter w, string name, IEnumerable<double> values)
+    {
+        w.WriteStartArray(name);
+        foreach (double v in values)
+            w.WriteNumberValue(Math.Round(v, 1));
+        w.WriteEndArray();
+    }
 
     /// <summary>The agent's own figures of a round that can explain its cost, when they are not zero.</summary>
     private static string SelfLine(IReadOnlyDictionary<string, double>? self)
@@ -182,25 +196,11 @@ public sealed class OverheadRun(LoadMode mode, uint count, int rounds, IReadOnly
                 w.WriteNumber("slowdown_percent", Math.Round(r.SlowdownPercent, 2));
                 if (r.CpuPerExitNs.Count > 0)
                     w.WriteNumber("own_cpu_ns_per_exit", Math.Round(Stats.Median(r.CpuPerExitNs), 1));
-                w.WriteStartArray("rounds_ns_per_exit");
-                foreach (double v in r.PerExitNs)
-                    w.WriteNumberValue(Math.Round(v, 1));
-                w.WriteEndArray();
-                w.WriteStartArray("rounds_baseline_ns_per_exit"); // mean of the runs with no probes before and after
-                foreach (double v in r.BaselineNs)
-                    w.WriteNumberValue(Math.Round(v, 1));
-                w.WriteEndArray();
-                w.WriteStartArray("observed");
-                foreach (long v in r.Observed)
-                    w.WriteNumberValue(v);
-                w.WriteEndArray();
+                WriteRounds(w, "rounds_ns_per_exit", r.PerExitNs);
+                WriteRounds(w, "rounds_baseline_ns_per_exit", r.BaselineNs); // mean of the runs with no probes before and after
+                WriteRounds(w, "observed", r.Observed.Select(v => (double)v));
                 if (r.CpuPerExitNs.Count > 0)
-                {
-                    w.WriteStartArray("rounds_own_cpu_ns_per_exit");
-                    foreach (double v in r.CpuPerExitNs)
-                        w.WriteNumberValue(Math.Round(v, 1));
-                    w.WriteEndArray();
-                }
+                    WriteRounds(w, "rounds_own_cpu_ns_per_exit", r.CpuPerExitNs);
                 if (r.Self.Count > 0)
                 {
                     w.WriteStartArray("rounds_self"); // the agent's own metrics' increase over each round

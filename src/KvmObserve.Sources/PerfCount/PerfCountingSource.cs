@@ -432,14 +432,18 @@ public sealed class PerfCountingSource : IEventSource
             complete &= counted;
             byName &= named;
         }
-        foreach (VmInfo gone in _countedVcpuFds.Keys.Where(v => v.ExitedAt is not null).ToList())
-            _countedVcpuFds.Remove(gone);
-        foreach (VmInfo gone in _settingUp.Keys.Where(v => v.ExitedAt is not null).ToList())
-            _settingUp.Remove(gone);
+        ForgetExited(_countedVcpuFds);
+        ForgetExited(_settingUp);
         _namingVmms.RemoveWhere(v => v.ExitedAt is not null);
         foreach (ThreadCounters t in _threads.Values.Where(t => !alive.Contains(t.Tid)).ToList())
             Retire(t);
         return (complete, complete && byName, changed);
+    }
+
+    private static void ForgetExited<T>(Dictionary<VmInfo, T> byVm)
+    {
+        foreach (VmInfo gone in byVm.Keys.Where(v => v.ExitedAt is not null).ToList())
+            byVm.Remove(gone);
     }
 
     /// <summary>Whether a VMM without vCPU fds is setting a VM up: it holds a VM fd, for less than
