@@ -82,6 +82,27 @@ public static unsafe class Sys
             BinaryPrimitives.ReadInt64LittleEndian(s[Libc.StatNlinkOffset..]));
     }
 
+    /// <summary>Reads a small file (a procfs stat) into <paramref name="buffer"/> with one open, one read(2) and a
+    /// close, no allocation: its length (cut at the buffer's), or -1 when it cannot be opened or read (a process gone).
+    /// procfs fills one read with the whole of such a file.</summary>
+    public static int TryReadSmallFile(string path, Span<byte> buffer)
+    {
+        int fd = Libc.Open(path, Libc.O_RDONLY | Libc.O_CLOEXEC, 0);
+        if (fd < 0)
+            return -1;
+        try
+        {
+            nint n;
+            fixed (byte* p = buffer)
+                n = Libc.Read(fd, p, (nuint)buffer.Length);
+            return n < 0 ? -1 : (int)n;
+        }
+        finally
+        {
+            Libc.Close(fd);
+        }
+    }
+
     /// <summary>Sends <paramref name="signal"/> to <paramref name="pid"/>; false when it is gone (or not ours to signal).</summary>
     public static bool Kill(int pid, int signal) => Libc.Kill(pid, signal) == 0;
 

@@ -19,6 +19,35 @@ public class ProcfsParserTests
     }
 
     [Theory]
+    [InlineData("4620 (CPU 0/KVM) (x)) R 1 4612 4612 0 -1 4194624 26 0 0 0 0 0 0 0 20 0 3 0 987654 1000 10\n", 987654UL)]
+    [InlineData("1 (systemd) S 0 1 1 0 -1 4194560 71290 3436469 129 2207 263 383 9079 3137 20 0 1 0 15 22495232", 15UL)]
+    [InlineData("7 (a b) S 0 1 1 0 -1 4194560 71290 3436469 129 2207 263 383 9079 3137 20 0 1 0 42 1\n", 42UL)]
+    [InlineData("4620 (truncated) R 1 4612", null)]
+    [InlineData("no parenthesis 1 2 3", null)]
+    [InlineData("9 (x) R 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 -5 1", null)]
+    public void Start_time_from_the_bytes_read_is_what_the_string_parser_reads(string stat, ulong? start)
+    {
+        Assert.Equal(start, ProcfsParsers.ParseStartTime(stat));
+        Assert.Equal(start, ProcfsParsers.ParseStartTime(System.Text.Encoding.UTF8.GetBytes(stat)));
+    }
+
+    [Theory]
+    [InlineData("anon_inode:kvm-vcpu:0", 0)]
+    [InlineData("anon_inode:kvm-vcpu:17", 17)]
+    [InlineData("anon_inode:kvm-vcpu:", null)]
+    [InlineData("anon_inode:kvm-vcpu:+1", null)]
+    [InlineData("anon_inode:kvm-vcpu:-1", null)]
+    [InlineData("anon_inode:kvm-vcpu:1 ", null)]
+    [InlineData("anon_inode:kvm-vm", null)]
+    [InlineData("/dev/kvm", null)]
+    public void Vcpu_index_from_an_fd_target_as_bytes_and_as_a_string(string target, int? vcpu)
+    {
+        Assert.Equal(vcpu, ProcfsParsers.VcpuFromFdTarget(target));
+        Assert.Equal(vcpu, ProcfsParsers.VcpuFromFdTarget(System.Text.Encoding.UTF8.GetBytes(target)));
+        Assert.Equal(target == ProcfsParsers.KvmVmFdTarget, ProcfsParsers.IsVmFdTarget(System.Text.Encoding.UTF8.GetBytes(target)));
+    }
+
+    [Theory]
     [InlineData("CPU 0/KVM", 0)]
     [InlineData("CPU 12/KVM\n", 12)]
     [InlineData("worker", null)]

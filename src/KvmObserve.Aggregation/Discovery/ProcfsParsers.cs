@@ -1,3 +1,4 @@
+using System.Buffers.Text;
 using System.Globalization;
 
 namespace KvmObserve.Aggregation.Discovery;
@@ -34,6 +35,27 @@ public static class ProcfsParsers
 
     /// <summary>Field 22 (starttime) of /proc/PID/stat.</summary>
     public static ulong? ParseStartTime(string stat) => StatField(stat, 22);
+
+    /// <summary>Field 22 (starttime) of /proc/PID/stat as the bytes read from it (no string made): counted from the
+    /// last ')', as <see cref="ParseStartTime(string)"/>.</summary>
+    public static ulong? ParseStartTime(ReadOnlySpan<byte> stat)
+    {
+        int close = stat.LastIndexOf((byte)')');
+        if (close < 0)
+            return null;
+        ReadOnlySpan<byte> rest = stat[(close + 1)..];
+        for (int field = 3; ; field++)
+        {
+            rest = rest.TrimStart((byte)' ');
+            int end = rest.IndexOfAny((byte)' ', (byte)'\n');
+            ReadOnlySpan<byte> value = end < 0 ? rest : rest[..end];
+            if (value.IsEmpty)
+                return null;
+            if (field == 22)
+                return Utf8Parser.TryParse(value, out ulong v, out int used) && used == value.Length ? v : null;
+            rest = rest[value.Length..];
+        }
+    }
 
     /// <summary>Fields 14 and 15 (utime + stime) of /proc/PID/stat: the process's CPU time in clock ticks.</summary>
     public static ulong? ParseCpuTicks(string stat) =>
@@ -209,6 +231,18 @@ public static class ProcfsParsers
     }
 
     /// <summary>N of an "anon_inode:kvm-vcpu:N" fd link.</summary>
+    /// <summary><see cref="VcpuFromFdTarget(string?)"/> of a link target as the bytes readlink gave.</summary>
+    public static int? VcpuFromFdTarget(ReadOnlySpan<byte> target) =>
+        target.StartsWith("anon_inode:kvm-vcpu:"u8) ? Index(target["anon_inode:kvm-vcpu:"u8.Length..]) : null;
+
+    /// <summary>A decimal number of digits only (no sign, no spaces), as <see cref="Index(ReadOnlySpan{char})"/>.</summary>
+    public static int? Index(ReadOnlySpan<byte> digits) =>
+        !digits.IsEmpty && digits.IndexOfAnyExceptInRange((byte)'0', (byte)'9') < 0
+            && Utf8Parser.TryParse(digits, out int n, out int used) && used == digits.Length ? n : null;
+
+    /// <summary>Whether a link target (bytes) is a VM's fd, <see cref="KvmVmFdTarget"/>.</summary>
+    public static bool IsVmFdTarget(ReadOnlySpan<byte> target) => target.SequenceEqual("anon_inode:kvm-vm"u8);
+
     public static int? VcpuFromFdTarget(string? target) =>
         target is not null && target.StartsWith(KvmVcpuFdPrefix, StringComparison.Ordinal) ? Index(target.AsSpan(KvmVcpuFdPrefix.Length)) : null;
 

@@ -154,9 +154,9 @@ public sealed class VmRegistry
         }
         if (!ProcessAlive(vm))
             return ([], false);
-        List<string> targets = FdTargets(vm.Pid).ToList();
-        int[] sorted = targets.Select(ProcfsParsers.VcpuFromFdTarget).OfType<int>().Distinct().Order().ToArray();
-        bool holdsVm = targets.Contains(ProcfsParsers.KvmVmFdTarget);
+        var vcpus = new List<int>();
+        bool holdsVm = WalkFds(vm.Pid, vcpus).HoldsVm;
+        int[] sorted = vcpus.Distinct().Order().ToArray();
         lock (_gate)
             _vcpuFds[vm.Pid] = (threads, fds, sorted, holdsVm);
         return (sorted, holdsVm);
@@ -259,10 +259,18 @@ public sealed class VmRegistry
     {
         var alive = new HashSet<int>();
         var pids = new List<int>();
-        foreach (string dir in SafeEnumerate(_procRoot))
+        var proc = new KvmObserve.Native.DirectoryEntries(_procRoot, stackalloc byte[DirentBufferSize]);
+        try
         {
-            if (int.TryParse(Path.GetFileName(dir), NumberStyles.None, CultureInfo.InvariantCulture, out int pid))
-                pids.Add(pid);
+            while (proc.MoveNext())
+            {
+                if (ProcfsParsers.Index(proc.Name) is int pid)
+                    pids.Add(pid);
+            }
+        }
+        finally
+        {
+            proc.Dispose();
         }
         pids.Sort(); // the lower pid (usually the older VM) keeps a name two VMs share
         bool full = _scans++ % FullScanEvery == 0;
@@ -313,8 +321,7 @@ public sealed class VmRegistry
     private VmInfo? VmFor(int pid)
     {
         string procDir = Path.Combine(_procRoot, pid.ToString(CultureInfo.InvariantCulture));
-        string? stat = ReadText(Path.Combine(procDir, "stat"));
-        if (stat is null || ProcfsParsers.ParseStartTime(stat) is not ulong start)
+        if (StartTime(procDir) is not ulong start)
             return null;
         lock (_gate)
         {
@@ -406,7 +413,7 @@ public sealed class VmRegistry
     {
         string procDir = Path.Combine(_procRoot, pid.ToString(CultureInfo.InvariantCulture));
         if (KvmObserve.Native.Sys.TryStat(Path.Combine(procDir, "fd")) is not (long size, long mtime, _)
-            || ReadText(Path.Combine(procDir, "stat")) is not string stat || ProcfsParsers.ParseStartTime(stat) is not ulong start)
+            || StartTime(procDir) is not ulong start)
             return HoldsVmFd(pid);
         if (!full && _notVmm.TryGetValue(pid, out var known) && known == (start, size, mtime))
             return false;
@@ -418,29 +425,58 @@ public sealed class VmRegistry
         return holds;
     }
 
-    private bool HoldsVmFd(int pid) => FdTargets(pid).Contains(ProcfsParsers.KvmVmFdTarget);
+    private bool HoldsVmFd(int pid) => WalkFds(pid, vcpus: null).HoldsVm;
 
-    /// <summary>What each of a process's fds points at (readlink of /proc/PID/fd/N), lazily; an fd closed meanwhile is skipped.</summary>
-    private IEnumerable<string> FdTargets(int pid)
+    /// <summary>getdents64 batches: a VMM's few hundred fds in one or two reads.</summary>
+    private const int DirentBufferSize = 8192;
+
+    /// <summary>
+    /// Reads where each of a process's fds points (/proc/PID/fd/N, one readlinkat each, nothing allocated per fd):
+    /// whether one is a VM fd, and, when <paramref name="vcpus"/> is given, the index of each vCPU fd into it. Without
+    /// it the walk stops at the first VM fd. An fd closed meanwhile is skipped; a process gone has none.
+    /// </summary>
+    private (bool Opened, bool HoldsVm) WalkFds(int pid, List<int>? vcpus)
     {
-        foreach (string fd in SafeEnumerate(Path.Combine(_procRoot, pid.ToString(CultureInfo.InvariantCulture), "fd")))
+        var fds = new KvmObserve.Native.DirectoryEntries(
+            Path.Combine(_procRoot, pid.ToString(CultureInfo.InvariantCulture), "fd"), stackalloc byte[DirentBufferSize]);
+        try
         {
-            string? target;
-            try
+            Span<byte> target = stackalloc byte[64]; // anon_inode:kvm-vcpu:N fits; a longer path is no KVM fd
+            bool holdsVm = false;
+            while (fds.MoveNext())
             {
-                target = new FileInfo(fd).LinkTarget;
+                int n = fds.ReadLink(target);
+                if (n < 0)
+                    continue;
+                if (ProcfsParsers.IsVmFdTarget(target[..n]))
+                {
+                    holdsVm = true;
+                    if (vcpus is null)
+                        break;
+                }
+                else if (vcpus is not null && ProcfsParsers.VcpuFromFdTarget(target[..n]) is int vcpu)
+                {
+                    vcpus.Add(vcpu);
+                }
             }
-            catch (IOException) { continue; }
-            catch (UnauthorizedAccessException) { continue; }
-            if (target is not null)
-                yield return target;
+            return (fds.Opened, holdsVm);
+        }
+        finally
+        {
+            fds.Dispose();
         }
     }
 
-    private bool ProcessAlive(VmInfo vm)
+    private bool ProcessAlive(VmInfo vm) =>
+        StartTime(Path.Combine(_procRoot, vm.Pid.ToString(CultureInfo.InvariantCulture))) == vm.StartTime;
+
+    /// <summary>The start time in /proc/PID/stat (a pid's identity: a reused pid has another), read into a stack
+    /// buffer; null when the process is gone.</summary>
+    private static ulong? StartTime(string procDir)
     {
-        string? stat = ReadText(Path.Combine(_procRoot, vm.Pid.ToString(CultureInfo.InvariantCulture), "stat"));
-        return stat is not null && ProcfsParsers.ParseStartTime(stat) == vm.StartTime;
+        Span<byte> stat = stackalloc byte[1024]; // field 22 is within the first ~500 bytes
+        int n = KvmObserve.Native.Sys.TryReadSmallFile(Path.Combine(procDir, "stat"), stat);
+        return n > 0 ? ProcfsParsers.ParseStartTime(stat[..n]) : null;
     }
 
     private static IEnumerable<string> SafeEnumerate(string dir)
