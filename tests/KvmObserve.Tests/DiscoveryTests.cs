@@ -78,6 +78,45 @@ public sealed class DiscoveryTests : IDisposable
         Assert.Empty(registry.VcpuFds(vm));
     }
 
+    /// <summary>Counts alone can come back to a pair the registry has walked: a thread exits as a new vCPU's thread
+    /// starts, a socket closes as its fd opens. The new thread's tid is new to the process, so its fds are walked
+    /// again (with counts alone, `overhead` saw a measured VM's first ~90 ms go uncounted in one round of 13: the
+    /// stale "no vCPU fd" let perf-count close its window).</summary>
+    [Fact]
+    public void A_vcpu_thread_that_starts_as_another_thread_exits_is_seen_though_the_counts_stand()
+    {
+        _proc.Vm(100, "qemu-system-x86", "qemu-system-x86_64\0-name\0db\0",
+            threads: [(100, "qemu-system-x86"), (101, "CPU 0/KVM"), (102, "worker")]);
+        _proc.VcpuFd(100, 10, 0);
+        VmRegistry registry = Scan();
+        VmInfo vm = registry.Vms().Single();
+        Assert.Equal([0], registry.VcpuFds(vm));
+
+        Directory.Delete(Path.Combine(_proc.Root, "100/task/102"), recursive: true); // the worker exits...
+        Directory.Delete(Path.Combine(_proc.Root, "102"), recursive: true);
+        _proc.Thread(100, 103, "CPU 1/KVM"); // ...as vCPU 1's thread starts: three threads still
+        _proc.VcpuFd(100, 11, 1);
+        Assert.Equal([0, 1], registry.VcpuFds(vm));
+        Assert.True(registry.HoldsVmFd(vm));
+    }
+
+    /// <summary>A fresh walk does not trust the counts: what a counting source closes its window on.</summary>
+    [Fact]
+    public void A_fresh_walk_sees_an_fd_the_counts_do_not_tell_of()
+    {
+        _proc.Vm(100, "qemu-system-x86", "qemu-system-x86_64\0-name\0db\0", threads: [(100, "qemu-system-x86"), (101, "CPU 0/KVM")]);
+        _proc.VcpuFd(100, 10, 0);
+        VmRegistry registry = Scan();
+        VmInfo vm = registry.Vms().Single();
+        IReadOnlyList<int> first = registry.VcpuFds(vm);
+        Assert.Equal([0], first);
+
+        _proc.VcpuFd(100, 11, 1); // no new thread (yet), and this tree's fd directory keeps its size
+        Assert.Same(first, registry.VcpuFds(vm)); // a poll trusts the counts
+        Assert.Equal([0, 1], registry.VcpuFds(vm, fresh: true));
+        Assert.Equal([0, 1], registry.VcpuFds(vm)); // and the cache has the fresh walk
+    }
+
     /// <summary>A process once found to hold no VM fd is not walked again until its fd directory changes: one that
     /// opens a VM afterwards is found at the next scan, and one that exits and whose pid comes back as a VMM too.</summary>
     [Fact]

@@ -127,29 +127,31 @@ public sealed class VmRegistry
         return vcpu;
     }
 
-    private readonly Dictionary<int, (long Threads, long Fds, int[] Vcpus, bool HoldsVm)> _vcpuFds = new();
+    private readonly Dictionary<int, (long Threads, int NewestTid, long Fds, int[] Vcpus, bool HoldsVm)> _vcpuFds = new();
 
     /// <summary>The vCPU indexes of the anon_inode:kvm-vcpu:N fds <paramref name="vm"/> holds now (empty once it has
-    /// exited). Its fds are walked again only when its thread count or fd count changed (a new vCPU comes with a new
-    /// thread in every VMM we know; an fd directory's mtime does not change in procfs); until then the same array is
-    /// returned, for two stat(2) calls.</summary>
-    public IReadOnlyList<int> VcpuFds(VmInfo vm) => KvmFds(vm).Vcpus;
+    /// exited). Its fds are walked again only when its threads or its fd count changed: a new vCPU comes with a new
+    /// thread in every VMM we know, and a new thread has a tid its process has not had (an fd directory's mtime does
+    /// not change in procfs, and counts alone can come back to a cached pair: a thread that exits as the vCPU's
+    /// starts, a socket closed as the VM fd opens). Until then the same array is returned, for one stat(2) and one
+    /// read of the task directory. <paramref name="fresh"/> walks them whatever the counts say: for a decision that
+    /// stops counting (a counting source closing its window), not for a poll.</summary>
+    public IReadOnlyList<int> VcpuFds(VmInfo vm, bool fresh = false) => KvmFds(vm, fresh).Vcpus;
 
     /// <summary>Whether <paramref name="vm"/>'s process holds an anon_inode:kvm-vm fd now: a VMM without one has
     /// closed its VM (or not created it yet), one with it and no vCPU fd is setting a VM up. Walked with
     /// <see cref="VcpuFds"/>, on the same terms.</summary>
-    public bool HoldsVmFd(VmInfo vm) => KvmFds(vm).HoldsVm;
+    public bool HoldsVmFd(VmInfo vm, bool fresh = false) => KvmFds(vm, fresh).HoldsVm;
 
-    private (int[] Vcpus, bool HoldsVm) KvmFds(VmInfo vm)
+    private (int[] Vcpus, bool HoldsVm) KvmFds(VmInfo vm, bool fresh)
     {
         string procDir = Path.Combine(_procRoot, vm.Pid.ToString(CultureInfo.InvariantCulture));
-        string fdDir = Path.Combine(procDir, "fd");
-        if (KvmObserve.Native.Sys.TryStat(Path.Combine(procDir, "task")) is not (_, _, long threads)
-            || KvmObserve.Native.Sys.TryStat(fdDir) is not (long fds, _, _))
+        if (Tasks(Path.Combine(procDir, "task")) is not (long threads, int newest)
+            || KvmObserve.Native.Sys.TryStat(Path.Combine(procDir, "fd")) is not (long fds, _, _))
             return ([], false);
         lock (_gate)
         {
-            if (_vcpuFds.TryGetValue(vm.Pid, out var known) && known.Threads == threads && known.Fds == fds)
+            if (!fresh && _vcpuFds.TryGetValue(vm.Pid, out var known) && known.Threads == threads && known.NewestTid == newest && known.Fds == fds)
                 return (known.Vcpus, known.HoldsVm); // the same array while nothing changed: callers may compare references
         }
         if (!ProcessAlive(vm))
@@ -158,8 +160,37 @@ public sealed class VmRegistry
         bool holdsVm = WalkFds(vm.Pid, vcpus).HoldsVm;
         int[] sorted = vcpus.Distinct().Order().ToArray();
         lock (_gate)
-            _vcpuFds[vm.Pid] = (threads, fds, sorted, holdsVm);
+        {
+            if (_vcpuFds.TryGetValue(vm.Pid, out var known) && known.Vcpus.AsSpan().SequenceEqual(sorted) && known.HoldsVm == holdsVm)
+                sorted = known.Vcpus; // unchanged: the same array, as callers compare references
+            _vcpuFds[vm.Pid] = (threads, newest, fds, sorted, holdsVm);
+        }
         return (sorted, holdsVm);
+    }
+
+    /// <summary>How many threads a process has and its newest (highest) tid, from one read of /proc/PID/task; null
+    /// when it is gone.</summary>
+    private static (long Threads, int NewestTid)? Tasks(string taskDir)
+    {
+        var tasks = new KvmObserve.Native.DirectoryEntries(taskDir, stackalloc byte[DirentBufferSize]);
+        try
+        {
+            long threads = 0;
+            int newest = 0;
+            while (tasks.MoveNext())
+            {
+                if (ProcfsParsers.Index(tasks.Name) is int tid)
+                {
+                    threads++;
+                    newest = Math.Max(newest, tid);
+                }
+            }
+            return tasks.Opened && threads > 0 ? (threads, newest) : null;
+        }
+        finally
+        {
+            tasks.Dispose();
+        }
     }
 
     /// <summary>

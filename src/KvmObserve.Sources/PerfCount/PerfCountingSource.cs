@@ -260,7 +260,7 @@ public sealed class PerfCountingSource : IEventSource
             _aggregator.Registry.Scan();
             _lastScan = now;
             _nextScan = now.AddMilliseconds(_options.DiscoveryIntervalMs);
-            (bool complete, bool byName, bool attached) = AttachAndRetire();
+            (bool complete, bool byName, bool attached) = AttachAndRetire(deciding: paced);
             attributed = CollectThreads();
             if (attached || (_kvmOpenPending && now >= _kvmOpenedAt.AddMilliseconds(OpenGraceMs)))
                 _kvmOpenPending = false; // a VM came of the open, or none did (a capability probe)
@@ -387,8 +387,9 @@ public sealed class PerfCountingSource : IEventSource
     /// threads gone. Complete: every VM has vCPU fds, and a thread with counters for each (its named vCPU threads; every
     /// thread of a VMM that does not name them). By name: complete, and every VM's vCPU fds matched to the threads
     /// named for them (in a VMM that does not name them, the thread that will run a vCPU may not exist yet, so one
-    /// scan more confirms it). Changed: a thread was attached.</summary>
-    private (bool Complete, bool ByName, bool Changed) AttachAndRetire()
+    /// scan more confirms it). Changed: a thread was attached. While a window is open (<paramref name="deciding"/>: it
+    /// closes on what this finds), each VM's fds are walked afresh, not taken from the registry's cache.</summary>
+    private (bool Complete, bool ByName, bool Changed) AttachAndRetire(bool deciding)
     {
         var alive = new HashSet<int>();
         DateTime now = DateTime.UtcNow;
@@ -417,7 +418,7 @@ public sealed class PerfCountingSource : IEventSource
                 }
                 changed |= Attach(tid, plan);
             }
-            IReadOnlyList<int> vcpuFds = _aggregator.Registry.VcpuFds(vm);
+            IReadOnlyList<int> vcpuFds = _aggregator.Registry.VcpuFds(vm, fresh: deciding); // HoldsVmFd reads this walk
             bool counted = vcpuFds.Count > 0
                 ? (named
                     ? vcpuFds.All(i => threads.Any(t => t.Vcpu == i && _threads.TryGetValue(t.Tid, out ThreadCounters? c) && c.Plan == _vcpuPlan))
