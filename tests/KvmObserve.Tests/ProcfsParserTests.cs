@@ -32,6 +32,21 @@ public class ProcfsParserTests
     }
 
     [Theory]
+    [InlineData("123456789 4567 89\n", 123456789UL, 4567UL)]
+    [InlineData("0 0 0", 0UL, 0UL)]
+    [InlineData("18446744073709551615 1 2\n", 18446744073709551615UL, 1UL)]
+    [InlineData("12 x 3\n", null, null)]
+    [InlineData("12\n", null, null)]
+    [InlineData("-1 2 3", null, null)]
+    [InlineData("", null, null)]
+    public void Schedstat_from_the_bytes_read_is_what_the_string_parser_reads(string schedstat, ulong? run, ulong? wait)
+    {
+        (ulong, ulong)? expected = run is ulong r && wait is ulong w ? (r, w) : null;
+        Assert.Equal(expected, ProcfsParsers.ParseSchedstat(schedstat));
+        Assert.Equal(expected, ProcfsParsers.ParseSchedstat(System.Text.Encoding.UTF8.GetBytes(schedstat)));
+    }
+
+    [Theory]
     [InlineData("anon_inode:kvm-vcpu:0", 0)]
     [InlineData("anon_inode:kvm-vcpu:17", 17)]
     [InlineData("anon_inode:kvm-vcpu:", null)]

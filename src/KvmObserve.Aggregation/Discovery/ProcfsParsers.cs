@@ -33,6 +33,22 @@ public static class ProcfsParsers
         return (run, wait);
     }
 
+    /// <summary><see cref="ParseSchedstat(string)"/> of the bytes read from the file (no string made).</summary>
+    public static (ulong RunNs, ulong WaitNs)? ParseSchedstat(ReadOnlySpan<byte> schedstat)
+    {
+        ReadOnlySpan<byte> rest = schedstat.TrimStart((byte)' ');
+        int space = rest.IndexOf((byte)' ');
+        if (space < 0 || Index64(rest[..space]) is not ulong run)
+            return null;
+        rest = rest[(space + 1)..].TrimStart((byte)' ');
+        int end = rest.IndexOfAny((byte)' ', (byte)'\n');
+        return Index64(end < 0 ? rest : rest[..end]) is ulong wait ? (run, wait) : null;
+    }
+
+    private static ulong? Index64(ReadOnlySpan<byte> digits) =>
+        !digits.IsEmpty && digits.IndexOfAnyExceptInRange((byte)'0', (byte)'9') < 0
+            && Utf8Parser.TryParse(digits, out ulong n, out int used) && used == digits.Length ? n : null;
+
     /// <summary>Field 22 (starttime) of /proc/PID/stat.</summary>
     public static ulong? ParseStartTime(string stat) => StatField(stat, 22);
 
