@@ -95,7 +95,8 @@ internal static class OverheadCommand
                 }
                 var run = new OverheadRun(m, (uint)parse.GetValue(count), parse.GetValue(rounds), arms, Console.Error);
                 run.Run();
-                Console.Out.Write(parse.GetValue(json) ? run.Json() + "\n" : run.Table() + Comparisons(run, sources));
+                List<Comparison> comparisons = Comparisons(run, sources);
+                Console.Out.Write(parse.GetValue(json) ? run.Json(comparisons) + "\n" : run.Table() + Describe(run, comparisons));
                 return 0;
             }
             catch (Exception e) when (e is InvalidOperationException or IOException or UnauthorizedAccessException or Native.NativeErrorException)
@@ -107,21 +108,29 @@ internal static class OverheadCommand
         return command;
     }
 
-    /// <summary>Each source against its own reference: how many times the reference's added cost it adds, and the
-    /// share of its cost that is the agent's own (what it adds beyond the reference).</summary>
-    private static string Comparisons(OverheadRun run, string[] sources)
+    /// <summary>Each source against its own reference, when both ran.</summary>
+    private static List<Comparison> Comparisons(OverheadRun run, string[] sources) =>
+        sources.Select(s => (Arm: run.Results.FirstOrDefault(r => r.Key == s), Ref: run.Results.FirstOrDefault(r => r.Key == ReferenceOf(s))))
+            .Where(p => p.Arm is not null && p.Ref is not null)
+            .Select(p => OverheadRun.Compare(p.Arm!, p.Ref!)).ToList();
+
+    /// <summary>Each comparison in words: how many times the reference's added cost the source adds, the share of its
+    /// cost that is the agent's own (what it adds beyond the reference), and the per-round difference with its
+    /// interval and verdict.</summary>
+    private static string Describe(OverheadRun run, List<Comparison> comparisons)
     {
         var lines = new List<string>();
-        foreach (string s in sources)
+        foreach (Comparison c in comparisons)
         {
-            ArmResult? arm = run.Results.FirstOrDefault(r => r.Key == s);
-            ArmResult? refArm = run.Results.FirstOrDefault(r => r.Key == ReferenceOf(s));
-            if (arm is null || refArm is null)
-                continue;
-            double added = arm.Added, refAdded = refArm.Added;
-            double share = added > 0 ? Math.Max(0, added - refAdded) / added : 0;
+            ArmResult arm = run.Results.First(r => r.Key == c.Source), refArm = run.Results.First(r => r.Key == c.Reference);
+            double share = arm.Added > 0 ? Math.Max(0, arm.Added - refArm.Added) / arm.Added : 0;
+            string interval = c.Interval is var (low, high, coverage)
+                ? string.Create(CultureInfo.InvariantCulture, $", {100 * coverage:F0}% interval {low:+0;-0}..{high:+0;-0} ns")
+                : "";
             lines.Add(string.Create(CultureInfo.InvariantCulture,
-                $"{s}: adds {added:F0} ns per exit = {added / refAdded:F2}x what {refArm.Name} adds ({refAdded:F0} ns); the agent's own share: {100 * share:F0}%"));
+                $"{c.Source}: adds {arm.Added:F0} ns per exit = {c.Ratio:F2}x what {refArm.Name} adds ({refArm.Added:F0} ns); the agent's own share: {100 * share:F0}%"));
+            lines.Add(string.Create(CultureInfo.InvariantCulture,
+                $"  per round, less what {refArm.Name} added in the same round: median {c.MedianDifferenceNs:+0;-0} ns{interval}, above in {c.RoundsAbove} of {c.Rounds} rounds: {c.Verdict}"));
         }
         return lines.Count == 0 ? "" : "\n" + string.Join("\n", lines) + "\n";
     }

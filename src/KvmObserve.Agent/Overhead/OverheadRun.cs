@@ -36,6 +36,9 @@ public sealed class ArmResult(string key, string name)
     /// a second or ten apart): the machine's drift cancels. For the arm without probes it is the noise floor.</summary>
     public double Added => Stats.Median(PerExitNs.Zip(BaselineNs, (a, b) => a - b).ToList());
 
+    /// <summary>What this arm added in each round (its time less that round's baseline), in round order.</summary>
+    public IReadOnlyList<double> AddedPerRound => PerExitNs.Zip(BaselineNs, (a, b) => a - b).ToList();
+
     /// <summary><see cref="Added"/> as a share of the median baseline, in percent.</summary>
     public double SlowdownPercent => 100 * Added / Stats.Median(BaselineNs);
     public double Min => PerExitNs.Min();
@@ -44,6 +47,37 @@ public sealed class ArmResult(string key, string name)
 
 public static class Stats
 {
+    /// <summary>
+    /// A distribution-free confidence interval for the median of <paramref name="values"/> (order statistics: the
+    /// median lies between the k-th smallest and the k-th largest of n values with probability 1 - 2 P(Bin(n, 1/2) &lt; k);
+    /// k is the largest that keeps that at least 95%). Null with fewer than 6 values, where no such pair exists.
+    /// </summary>
+    public static (double Low, double High, double Coverage)? MedianInterval(IReadOnlyCollection<double> values)
+    {
+        int n = values.Count;
+        double[] sorted = values.Order().ToArray();
+        double below = 0, term = Math.Pow(0.5, n); // P(Bin(n, 1/2) <= j), from j = 0
+        int k = 0;
+        for (int j = 0; j < n / 2; j++)
+        {
+            below += term;
+            if (2 * below > 0.05)
+                break;
+            k = j + 1; // P(Bin < k) = P(Bin <= j) still leaves at least 95%
+            term = term * (n - j) / (j + 1);
+        }
+        if (k == 0)
+            return null;
+        double tail = 0;
+        term = Math.Pow(0.5, n);
+        for (int j = 0; j < k; j++)
+        {
+            tail += term;
+            term = term * (n - j) / (j + 1);
+        }
+        return (sorted[k - 1], sorted[n - k], 1 - 2 * tail);
+    }
+
     public static double Median(IReadOnlyCollection<double> values)
     {
         if (values.Count == 0)
@@ -52,6 +86,20 @@ public static class Stats
         int mid = sorted.Length / 2;
         return sorted.Length % 2 == 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
     }
+}
+
+/// <summary>A source's cost against its reference's in one run (<see cref="OverheadRun.Compare"/>).</summary>
+public sealed record Comparison(string Source, string Reference, double Ratio, double MedianDifferenceNs,
+    (double Low, double High, double Coverage)? Interval, int RoundsAbove, int Rounds)
+{
+    /// <summary>"at most the reference", "more than the reference", or "not told apart" at 95%.</summary>
+    public string Verdict => Interval switch
+    {
+        null => "too few rounds to tell",
+        var (_, high, _) when high <= 0 => "adds no more than its reference",
+        var (low, _, _) when low > 0 => "adds more than its reference",
+        _ => "not told apart from its reference in this run",
+    };
 }
 
 /// <summary>
@@ -159,6 +207,19 @@ public sealed class OverheadRun(LoadMode mode, uint count, int rounds, IReadOnly
         return sb.ToString();
     }
 
+    /// <summary>
+    /// A source against its reference, round by round: what the source added less what the reference added in the
+    /// same round (each against its own pair of runs without probes, seconds apart), so what both rounds shared cancels.
+    /// The median of those differences, with its 95% interval: "no more than the reference" is shown only when the
+    /// interval's top is at or below 0, "more" only when its bottom is above 0; otherwise this run cannot tell.
+    /// </summary>
+    public static Comparison Compare(ArmResult source, ArmResult reference)
+    {
+        List<double> differences = source.AddedPerRound.Zip(reference.AddedPerRound, (a, b) => a - b).ToList();
+        return new Comparison(source.Key, reference.Key, source.Added / reference.Added, Stats.Median(differences),
+            Stats.MedianInterval(differences), differences.Count(d => d > 0), differences.Count);
+    }
+
     public string Table()
     {
         var sb = new StringBuilder();
@@ -174,7 +235,7 @@ public sealed class OverheadRun(LoadMode mode, uint count, int rounds, IReadOnly
         return sb.ToString();
     }
 
-    public string Json()
+    public string Json(IReadOnlyList<Comparison>? comparisons = null)
     {
         using var stream = new MemoryStream();
         using (var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true }))
@@ -213,6 +274,26 @@ public sealed class OverheadRun(LoadMode mode, uint count, int rounds, IReadOnly
                     }
                     w.WriteEndArray();
                 }
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+            w.WriteStartArray("comparisons");
+            foreach (Comparison c in comparisons ?? [])
+            {
+                w.WriteStartObject();
+                w.WriteString("source", c.Source);
+                w.WriteString("reference", c.Reference);
+                w.WriteNumber("ratio", Math.Round(c.Ratio, 3));
+                w.WriteNumber("median_difference_ns_per_exit", Math.Round(c.MedianDifferenceNs, 1));
+                if (c.Interval is var (low, high, coverage))
+                {
+                    w.WriteNumber("interval_low_ns_per_exit", Math.Round(low, 1));
+                    w.WriteNumber("interval_high_ns_per_exit", Math.Round(high, 1));
+                    w.WriteNumber("interval_coverage", Math.Round(coverage, 4));
+                }
+                w.WriteNumber("rounds_above", c.RoundsAbove);
+                w.WriteNumber("rounds", c.Rounds);
+                w.WriteString("verdict", c.Verdict);
                 w.WriteEndObject();
             }
             w.WriteEndArray();

@@ -157,7 +157,7 @@ public sealed class VmRegistry
         if (!ProcessAlive(vm))
             return ([], false);
         var vcpus = new List<int>();
-        bool holdsVm = WalkFds(vm.Pid, vcpus).HoldsVm;
+        bool holdsVm = WalkFds(vm.Pid, vcpus);
         int[] sorted = vcpus.Distinct().Order().ToArray();
         lock (_gate)
         {
@@ -456,7 +456,7 @@ public sealed class VmRegistry
         return holds;
     }
 
-    private bool HoldsVmFd(int pid) => WalkFds(pid, vcpus: null).HoldsVm;
+    private bool HoldsVmFd(int pid) => WalkFds(pid, vcpus: null);
 
     /// <summary>getdents64 batches: a VMM's few hundred fds in one or two reads.</summary>
     private const int DirentBufferSize = 8192;
@@ -466,7 +466,7 @@ public sealed class VmRegistry
     /// whether one is a VM fd, and, when <paramref name="vcpus"/> is given, the index of each vCPU fd into it. Without
     /// it the walk stops at the first VM fd. An fd closed meanwhile is skipped; a process gone has none.
     /// </summary>
-    private (bool Opened, bool HoldsVm) WalkFds(int pid, List<int>? vcpus)
+    private bool WalkFds(int pid, List<int>? vcpus)
     {
         var fds = new KvmObserve.Native.DirectoryEntries(
             Path.Combine(_procRoot, pid.ToString(CultureInfo.InvariantCulture), "fd"), stackalloc byte[DirentBufferSize]);
@@ -490,7 +490,7 @@ public sealed class VmRegistry
                     vcpus.Add(vcpu);
                 }
             }
-            return (fds.Opened, holdsVm);
+            return holdsVm;
         }
         finally
         {
