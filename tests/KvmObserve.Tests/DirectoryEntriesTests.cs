@@ -65,4 +65,35 @@ public sealed class DirectoryEntriesTests : IDisposable
         Assert.Equal("4620 (CPU 0/KVM) R 1", Encoding.UTF8.GetString(buffer[..n]));
         Assert.Equal(-1, Sys.TryReadSmallFile(Path.Combine(_dir, "none"), buffer));
     }
+
+    /// <summary>On procfs itself, as discovery reads it: this process's fd directory gives the file it just opened,
+    /// and its own thread's schedstat parses from one read.</summary>
+    [Fact]
+    public void Procfs_fds_and_schedstat_read_as_discovery_reads_them()
+    {
+        string file = Path.Combine(_dir, "held-open");
+        using FileStream held = File.Create(file);
+        var fds = new DirectoryEntries("/proc/self/fd", stackalloc byte[512]);
+        Span<byte> target = stackalloc byte[4096];
+        var targets = new List<string>();
+        try
+        {
+            while (fds.MoveNext())
+            {
+                int n = fds.ReadLink(target);
+                if (n > 0)
+                    targets.Add(Encoding.UTF8.GetString(target[..n]));
+            }
+        }
+        finally
+        {
+            fds.Dispose();
+        }
+        Assert.Contains(file, targets);
+
+        Span<byte> schedstat = stackalloc byte[128];
+        int length = Sys.TryReadSmallFile($"/proc/self/task/{Sys.Gettid()}/schedstat", schedstat);
+        Assert.True(length > 0);
+        Assert.NotNull(KvmObserve.Aggregation.Discovery.ProcfsParsers.ParseSchedstat(schedstat[..length]));
+    }
 }

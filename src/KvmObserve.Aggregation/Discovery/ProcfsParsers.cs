@@ -252,9 +252,7 @@ public static class ProcfsParsers
         target.StartsWith("anon_inode:kvm-vcpu:"u8) ? Index(target["anon_inode:kvm-vcpu:"u8.Length..]) : null;
 
     /// <summary>A decimal number of digits only (no sign, no spaces), as <see cref="Index(ReadOnlySpan{char})"/>.</summary>
-    public static int? Index(ReadOnlySpan<byte> digits) =>
-        !digits.IsEmpty && digits.IndexOfAnyExceptInRange((byte)'0', (byte)'9') < 0
-            && Utf8Parser.TryParse(digits, out int n, out int used) && used == digits.Length ? n : null;
+    public static int? Index(ReadOnlySpan<byte> digits) => Index64(digits) is ulong n && n <= int.MaxValue ? (int)n : null;
 
     /// <summary>Whether a link target (bytes) is a VM's fd, <see cref="KvmVmFdTarget"/>.</summary>
     public static bool IsVmFdTarget(ReadOnlySpan<byte> target) => target.SequenceEqual("anon_inode:kvm-vm"u8);

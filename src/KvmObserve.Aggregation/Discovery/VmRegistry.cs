@@ -31,7 +31,7 @@ public sealed class VmRegistry
     public VmRegistry(string procRoot = "/proc")
     {
         _procRoot = procRoot;
-        _agentStart = ReadText(Path.Combine(procRoot, "self", "stat")) is string stat ? ProcfsParsers.ParseStartTime(stat) : null;
+        _agentStart = StartTime(Path.Combine(procRoot, "self"));
     }
 
     /// <summary>Called with each thread of a VM that started after this registry: everything about its vCPUs was
