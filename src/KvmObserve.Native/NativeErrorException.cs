@@ -25,6 +25,7 @@ public static class Errno
 {
     public const int EPERM = 1;
     public const int ENOENT = 2;
+    public const int ESRCH = 3;
     public const int EINTR = 4;
     public const int EIO = 5;
     public const int EBADF = 9;

@@ -226,6 +226,13 @@ public static unsafe class Sys
             throw NativeErrorException.FromLastError("prctl(PR_SET_NAME)");
     }
 
+    /// <summary>Sets one thread's nice value (Linux keeps one per thread; a new thread starts with its creator's).</summary>
+    public static void SetThreadNice(int tid, int nice)
+    {
+        if (Libc.SetPriority(Libc.PRIO_PROCESS, (uint)tid, nice) != 0)
+            throw NativeErrorException.FromLastError($"setpriority(thread {tid}, {nice})");
+    }
+
     /// <summary>Asks the kernel to send <paramref name="signal"/> to this process when its parent dies.</summary>
     public static void SetParentDeathSignal(int signal) => Libc.Prctl(Libc.PR_SET_PDEATHSIG, signal, 0, 0, 0);
 

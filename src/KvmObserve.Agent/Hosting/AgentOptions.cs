@@ -26,6 +26,9 @@ public sealed class AgentOptions
     public int PollTimeoutMs { get; init; } = AgentOptionsDefaults.PollTimeoutMs;
     public int DiscoveryIntervalMs { get; init; } = 2_000;
     public int? WakeupPercent { get; init; }
+
+    /// <summary>The threads' nice value; null: auto (<see cref="ThreadNice.For"/>).</summary>
+    public int? Nice { get; init; }
     public IReadOnlyList<string> Metrics { get; init; } = MetricSelection.All;
     public int TopK { get; init; } = 16;
     public TimeSpan VmGrace { get; init; } = ParseDuration(AgentOptionsDefaults.VmGrace);
@@ -60,6 +63,7 @@ public sealed class AgentOptions
         BufferSizeKb = s.Parse(Settings.BufferKb, v => LayeredSettings.Int(v, 0, 4 * 1024 * 1024)),
         WakeupPercent = s.Parse(Settings.WakeupPercent, v => v.Trim().Length == 0 ? (int?)null : LayeredSettings.Int(v, 0, 100)),
         DiscoveryIntervalMs = s.Parse(Settings.DiscoveryInterval, v => LayeredSettings.Int(v, 50, 3_600_000)),
+        Nice = s.Parse(Settings.Nice, v => v.Trim() == "auto" ? (int?)null : LayeredSettings.Int(v, -20, 19)),
         Web = s.Parse(Settings.WebConfig, v => v.Trim().Length == 0 ? null : WebConfig.Load(v.Trim())),
         Otlp = OtlpOptions.From(s, OtlpOptions.ProcessEnvironment()),
         Storms = new KvmObserve.Aggregation.Storms.StormOptions

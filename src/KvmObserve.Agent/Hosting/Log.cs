@@ -29,6 +29,9 @@ internal static partial class Log
     [LoggerMessage(8, LogLevel.Information, "Source {Source} picked (asked for {Requested}): {Reason}")]
     public static partial void SourcePicked(ILogger logger, string source, string requested, string reason);
 
+    [LoggerMessage(18, LogLevel.Information, "Threads at nice {Nice} ({Reason})")]
+    public static partial void NiceSet(ILogger logger, int nice, string reason);
+
     [LoggerMessage(9, LogLevel.Warning, "{Message}")]
     public static partial void SourceWarning(ILogger logger, string message);
 

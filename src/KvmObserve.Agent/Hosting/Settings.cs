@@ -32,6 +32,8 @@ public static class Settings
         "Per-CPU ring size in KiB of the tracefs instance or perf ring (0: 4096)");
     public static readonly Setting WakeupPercent = new("WakeupPercent", "--wakeup-percent", "",
         "How full a ring gets before its reader wakes (tracefs buffer_percent, perf watermark); empty: 25");
+    public static readonly Setting Nice = new("Nice", "--nice", "auto",
+        "Nice value of the agent's threads: auto (19 when the source counts in the kernel, as bpf and perf-count do: its threads yield the CPU to vCPUs that want it, and its counts wait in the kernel; unchanged when it streams records, whose readers must keep up), or -20..19");
     public static readonly Setting DiscoveryInterval = new("DiscoveryIntervalMs", "--discovery-interval-ms", "2000",
         "How often procfs is rescanned for VMs and their threads (ms)");
     public static readonly Setting WebConfig = new("WebConfig", "--web-config", "",
@@ -69,7 +71,7 @@ public static class Settings
         "perf-count source: families counted key by key (all, none, or a list of exits, userspace-exits, ports, msrs, cpuid-leaves, vectors, directions); each key is a filtered counter the kernel runs on every event of its tracepoint, about 20 ns per event, as much as a counter (180 ns) where it matches; the rest count under \"other\"");
     public static readonly IReadOnlyList<Setting> All =
     [
-        Listen, Source, Metrics, SeriesLimit, TopK, VmGrace, BufferKb, WakeupPercent, DiscoveryInterval, WebConfig,
+        Listen, Source, Metrics, SeriesLimit, TopK, VmGrace, BufferKb, WakeupPercent, DiscoveryInterval, Nice, WebConfig,
         OtlpEndpoint, OtlpProtocol, OtlpHeaders, OtlpInterval, OtlpTimeout, StormFloor, StormFactor, FlightRecorder,
         FlightRecorderSeconds, Replay, TracefsMmap, BpfMapEntries, BpfStats, CountKeys,
     ];

@@ -65,6 +65,7 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
             var replay = new ReplaySource(recording, aggregator, schedstat, speed: 1, loop: true);
             _source = replay;
             Log.SourcePicked(logger, "replay", options.Source, $"--replay {recording}");
+            SetNice();
             _source.Start();
             Log.ReplayStarted(logger, recording, replay.Header.Records, replay.Header.Vm, replay.Header.Host);
             Publish("--replay");
@@ -89,6 +90,7 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
             Log.StaleInstanceRemoved(logger, stale);
         _source = Create(name, sourceOptions, aggregator, host.TracefsRoot!,
             new BpfOptions { MapEntries = options.BpfMapEntries, Stats = options.BpfStats }, new CountingKeys { Keyed = options.CountKeys });
+        SetNice(); // before the source starts its threads (they start with their creator's nice)
         if (options.FlightRecorderDirectory is string directory)
         {
             if (!_source.HasRecords)
@@ -112,6 +114,16 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
             CpuTopology.OnlineCpus().Count, host.TracefsRoot!);
         Publish(reason);
         return Task.CompletedTask;
+    }
+
+    private void SetNice()
+    {
+        (int? nice, string reason) = ThreadNice.For(options.Nice, _source!.HasRecords);
+        if (nice is int n)
+        {
+            ThreadNice.Apply(n);
+            Log.NiceSet(logger, n, reason);
+        }
     }
 
     /// <summary>What the renderer needs to know of a running source (the agent's, or `replay`'s).</summary>

@@ -1,0 +1,56 @@
+using System.Globalization;
+using KvmObserve.Workload;
+
+namespace KvmObserve.KernelTests;
+
+/// <summary>
+/// The agent's CPU priority, on the real agent: a source that counts in the kernel runs every thread at nice 19 (its
+/// counts wait in the kernel; a vCPU that wants its core is not preempted by the agent's JIT, naming or poll threads,
+/// which a perf-count agent at nice 0 did for 1-8 ms per 300,000-exit VM), threads started later included; a source that
+/// streams records keeps the nice it was started with; --nice sets any.
+/// </summary>
+public sealed class NiceTests
+{
+    /// <summary>Each thread's nice: field 19 of /proc/PID/task/TID/stat, the 17th after the comm's closing paren.</summary>
+    private static Dictionary<string, int> NiceOfThreads(int pid)
+    {
+        var nices = new Dictionary<string, int>();
+        foreach (string task in Directory.GetDirectories($"/proc/{pid}/task"))
+        {
+            string stat;
+            try { stat = File.ReadAllText(Path.Combine(task, "stat")); }
+            catch (IOException) { continue; } // exited meanwhile
+            string[] fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+            nices[$"{Path.GetFileName(task)} {File.ReadAllText(Path.Combine(task, "comm")).Trim()}"] =
+                int.Parse(fields[16], CultureInfo.InvariantCulture);
+        }
+        return nices;
+    }
+
+    private static int OwnNice() => NiceOfThreads(Environment.ProcessId).Values.First();
+
+    [KernelFact]
+    public void A_counting_agent_runs_at_nice_19_a_streaming_one_as_started_and_nice_sets_either()
+    {
+        using (Agent counting = Agent.Start("--source", "perf-count"))
+        {
+            VmRunner.Run(new LoadOptions { Modes = LoadMode.Pio, Count = 2_000, Vcpus = 1 }, "nice"); // threads the VM brings
+            counting.ScrapeText(); // and a scrape's
+            Dictionary<string, int> nices = NiceOfThreads(counting.Pid);
+            Assert.True(nices.Count > 10, $"{nices.Count} threads");
+            Assert.All(nices, t => Assert.True(t.Value == 19, $"thread {t.Key} at nice {t.Value}"));
+            Assert.Contains(counting.Log, l => l.Contains("Threads at nice 19 (auto: the source counts in the kernel", StringComparison.Ordinal));
+        }
+        int own = OwnNice();
+        using (Agent streaming = Agent.Start("--source", "tracefs"))
+        {
+            streaming.ScrapeText();
+            Assert.All(NiceOfThreads(streaming.Pid), t => Assert.True(t.Value == own, $"thread {t.Key} at nice {t.Value}, not {own}"));
+        }
+        using (Agent set = Agent.Start("--source", "tracefs", "--nice", "5"))
+        {
+            set.ScrapeText();
+            Assert.All(NiceOfThreads(set.Pid), t => Assert.True(t.Value == 5, $"thread {t.Key} at nice {t.Value}"));
+        }
+    }
+}
