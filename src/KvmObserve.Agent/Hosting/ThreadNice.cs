@@ -9,7 +9,8 @@ namespace KvmObserve.Agent.Hosting;
 /// at nice 19, and a vCPU that wants its CPU is not preempted by them: measured here, a 300,000-exit VM pinned to one
 /// core spent 1.1-8.0 ms off its CPU under a perf-count agent at nice 0 (the JIT, naming and poll threads woke on its
 /// core when the other was busy), 1.0-1.6 ms at nice 19, 0.6-1.3 ms under `perf stat -a`. A source that streams
-/// records must keep up with its ring buffers, so its threads keep the nice they were started with.
+/// records must keep up with its ring buffers, so its threads keep the nice they were started with; so does
+/// perf-count's own thread, which answers each open of /dev/kvm (see PerfCountingSource).
 /// </summary>
 public static class ThreadNice
 {
