@@ -233,16 +233,6 @@ public static unsafe class Sys
             throw NativeErrorException.FromLastError($"setpriority(thread {tid}, {nice})");
     }
 
-    /// <summary>One thread's nice value (the raw syscall returns 20 - nice, so -1 is never a valid result, as it is
-    /// from the C library's wrapper).</summary>
-    public static int GetThreadNice(int tid)
-    {
-        long r = Libc.Syscall(Libc.SYS_getpriority, Libc.PRIO_PROCESS, tid, 0, 0, 0);
-        if (r < 0)
-            throw NativeErrorException.FromLastError($"getpriority(thread {tid})");
-        return 20 - (int)r;
-    }
-
     /// <summary>Asks the kernel to send <paramref name="signal"/> to this process when its parent dies.</summary>
     public static void SetParentDeathSignal(int signal) => Libc.Prctl(Libc.PR_SET_PDEATHSIG, signal, 0, 0, 0);
 

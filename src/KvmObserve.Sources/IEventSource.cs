@@ -33,6 +33,10 @@ public interface IEventSource : IDisposable
     /// the kernel.</summary>
     bool HasRecords => true;
 
+    /// <summary>Threads of the source, once started, that must answer the kernel at once and so keep the nice the
+    /// agent started with when the agent lowers its own (`--nice`); empty for most.</summary>
+    IReadOnlyList<int> UrgentThreads => [];
+
     void Start();
 
     /// <summary>Stops reading, delivers what the kernel still buffers, and releases every kernel resource.</summary>

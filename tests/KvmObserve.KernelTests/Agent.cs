@@ -17,12 +17,14 @@ public sealed partial class Agent : IDisposable
     private readonly HttpClient _http;
     private readonly string _scheme;
 
-    private Agent(int port, HttpMessageHandler? handler, string scheme, params string[] extra)
+    private Agent(int port, HttpMessageHandler? handler, string scheme, string[] wrapper, params string[] extra)
     {
         Port = port;
         _scheme = scheme;
         _http = new HttpClient(handler ?? new HttpClientHandler()) { Timeout = TimeSpan.FromSeconds(10) };
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        var psi = new ProcessStartInfo(wrapper.Length > 0 ? wrapper[0] : "dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (string w in wrapper.Skip(1).Append("dotnet").Skip(wrapper.Length > 0 ? 0 : 1))
+            psi.ArgumentList.Add(w);
         psi.ArgumentList.Add(Dll);
         psi.ArgumentList.Add("run");
         psi.ArgumentList.Add("--listen");
@@ -42,10 +44,16 @@ public sealed partial class Agent : IDisposable
 
     public static Agent Start(params string[] extra) => Start(null, "http", extra);
 
+    /// <summary>An agent started through <paramref name="wrapper"/>, a command that execs the rest (setpriv, to run it
+    /// with fewer capabilities): its pid is the agent's.</summary>
+    public static Agent StartUnder(string[] wrapper, params string[] extra) => Start(null, "http", wrapper, extra);
+
     /// <summary>An agent reached through <paramref name="handler"/> (TLS settings) at <paramref name="scheme"/>.</summary>
-    public static Agent Start(HttpMessageHandler? handler, string scheme, params string[] extra)
+    public static Agent Start(HttpMessageHandler? handler, string scheme, params string[] extra) => Start(handler, scheme, [], extra);
+
+    private static Agent Start(HttpMessageHandler? handler, string scheme, string[] wrapper, string[] extra)
     {
-        var agent = new Agent(FreePort(), handler, scheme, extra);
+        var agent = new Agent(FreePort(), handler, scheme, wrapper, extra);
         var deadline = DateTime.UtcNow.AddSeconds(30);
         while (DateTime.UtcNow < deadline)
         {

@@ -46,6 +46,15 @@ public sealed class NiceTests
             Assert.All(nices.Where(t => t.Key != watcher.Key), t => Assert.True(t.Value == 19, $"thread {t.Key} at nice {t.Value}"));
             Assert.Contains(counting.Log, l => l.Contains("Threads at nice 19 (auto: the source counts in the kernel", StringComparison.Ordinal));
         }
+        // Without CAP_SYS_NICE (the shipped systemd unit and DaemonSet do not grant it) the agent cannot lower a
+        // thread's nice once raised: perf-count's thread must be left at its nice, not raised and set back.
+        using (Agent bounded = Agent.StartUnder(["setpriv", "--inh-caps=-sys_nice", "--bounding-set=-sys_nice"], "--source", "perf-count"))
+        {
+            Dictionary<string, int> nices = NiceOfThreads(bounded.Pid);
+            Assert.Equal(own, Assert.Single(nices, t => t.Key.EndsWith(" kvmobserve perf", StringComparison.Ordinal)).Value);
+            Assert.Equal(nices.Count - 1, nices.Count(t => t.Value == 19));
+            Assert.DoesNotContain(bounded.Log, l => l.Contains("warn:", StringComparison.Ordinal));
+        }
         using (Agent streaming = Agent.Start("--source", "tracefs"))
         {
             streaming.ScrapeText();

@@ -65,8 +65,8 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
             var replay = new ReplaySource(recording, aggregator, schedstat, speed: 1, loop: true);
             _source = replay;
             Log.SourcePicked(logger, "replay", options.Source, $"--replay {recording}");
-            SetNice();
             _source.Start();
+            SetNice();
             Log.ReplayStarted(logger, recording, replay.Header.Records, replay.Header.Vm, replay.Header.Host);
             Publish("--replay");
             return Task.CompletedTask;
@@ -90,7 +90,6 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
             Log.StaleInstanceRemoved(logger, stale);
         _source = Create(name, sourceOptions, aggregator, host.TracefsRoot!,
             new BpfOptions { MapEntries = options.BpfMapEntries, Stats = options.BpfStats }, new CountingKeys { Keyed = options.CountKeys });
-        SetNice(); // before the source starts its threads (they start with their creator's nice)
         if (options.FlightRecorderDirectory is string directory)
         {
             if (!_source.HasRecords)
@@ -103,6 +102,7 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
             }
         }
         _source.Start();
+        SetNice(); // after the source started its threads: every one but its urgent ones
         foreach (TracepointState t in _source.Tracepoints)
         {
             if (!t.Enabled)
@@ -121,7 +121,7 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
         (int? nice, string reason) = ThreadNice.For(options.Nice, _source!.HasRecords);
         if (nice is int n)
         {
-            ThreadNice.Apply(n);
+            ThreadNice.Apply(n, _source.UrgentThreads);
             Log.NiceSet(logger, n, reason);
         }
     }

@@ -9,8 +9,10 @@ namespace KvmObserve.Agent.Hosting;
 /// at nice 19, and a vCPU that wants its CPU is not preempted by them: measured here, a 300,000-exit VM pinned to one
 /// core spent 1.1-8.0 ms off its CPU under a perf-count agent at nice 0 (the JIT, naming and poll threads woke on its
 /// core when the other was busy), 1.0-1.6 ms at nice 19, 0.6-1.3 ms under `perf stat -a`. A source that streams
-/// records must keep up with its ring buffers, so its threads keep the nice they were started with; so does
-/// perf-count's own thread, which answers each open of /dev/kvm (see PerfCountingSource).
+/// records must keep up with its ring buffers, so its threads keep the nice they were started with; so do a source's
+/// <see cref="KvmObserve.Sources.IEventSource.UrgentThreads"/> (perf-count's own, which answers each open of
+/// /dev/kvm). They are left alone rather than set back: going back down needs CAP_SYS_NICE, which the shipped
+/// systemd unit and DaemonSet do not grant.
 /// </summary>
 public static class ThreadNice
 {
@@ -24,12 +26,12 @@ public static class ThreadNice
         null => (Counting, "auto: the source counts in the kernel, where its counts wait for the agent; the vCPUs come first"),
     };
 
-    /// <summary>Sets every thread of this process to <paramref name="nice"/>; threads started later start with their
-    /// creator's value, so with this one. The task list is read twice: a thread started meanwhile by one not yet set
-    /// would start with the old value. Returns how many threads were set.</summary>
-    public static int Apply(int nice)
+    /// <summary>Sets every thread of this process but <paramref name="keep"/> to <paramref name="nice"/>; threads
+    /// started later start with their creator's value. The task list is read twice: a thread started meanwhile by one
+    /// not yet set would start with the old value.</summary>
+    public static void Apply(int nice, IReadOnlyList<int> keep)
     {
-        var done = new HashSet<int>();
+        var done = new HashSet<int>(keep);
         for (int pass = 0; pass < 2; pass++)
         {
             foreach (string task in Directory.EnumerateDirectories("/proc/self/task"))
@@ -50,6 +52,5 @@ public static class ThreadNice
                 }
             }
         }
-        return done.Count;
     }
 }

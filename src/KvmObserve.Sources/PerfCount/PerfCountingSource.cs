@@ -89,14 +89,15 @@ public sealed class PerfCountingSource : IEventSource
         _hostIsa = hostIsa ?? HostIsa.Detect();
         _kvmDevice = kvmDevice;
         Decoders = new TracefsFormats(tracefsRoot).Decoders();
-        _startNice = Sys.GetThreadNice(Sys.Gettid());
     }
 
-    /// <summary>The nice of the thread that made this source: its own thread runs at it, whatever the agent's other
-    /// threads run at (`--nice`). It answers each open of /dev/kvm by starting the system-wide counters, and the vCPU
-    /// of a VMM that runs its VM right after the open (`overhead`'s) runs uncounted until it does: at nice 19, 4 of 11
+    private volatile int _tid;
+    private readonly ManualResetEventSlim _running = new();
+
+    /// <summary>Its own thread: it answers each open of /dev/kvm by starting the system-wide counters, and the vCPU of
+    /// a VMM that runs its VM right after the open (`overhead`'s) runs uncounted until it does. At nice 19, 4 of 11
     /// `overhead` rounds missed 298-913 of 55,000 exits; at nice 0, at most 144.</summary>
-    private readonly int _startNice;
+    public IReadOnlyList<int> UrgentThreads => _tid != 0 ? [_tid] : [];
 
     public string Name => "perf-count";
 
@@ -176,6 +177,7 @@ public sealed class PerfCountingSource : IEventSource
             _aggregator.AddRefresher(_refresher);
             _thread = new Thread(Run) { IsBackground = true, Name = "kvmobserve perf-count" };
             _thread.Start();
+            _running.Wait(); // its tid is known (UrgentThreads)
         }
         catch
         {
@@ -194,15 +196,8 @@ public sealed class PerfCountingSource : IEventSource
     private void Run()
     {
         string? lastWarning = null;
-        try
-        {
-            if (Sys.GetThreadNice(Sys.Gettid()) != _startNice)
-                Sys.SetThreadNice(Sys.Gettid(), _startNice);
-        }
-        catch (NativeErrorException e)
-        {
-            Warn?.Invoke($"perf-count: its thread stays at the agent's nice, not {_startNice} ({e.Message}): a new VM's first exits can go uncounted while it waits for a CPU");
-        }
+        _tid = Sys.Gettid();
+        _running.Set();
         while (!_stopping)
         {
             bool kvmOpened = false;
@@ -600,5 +595,9 @@ public sealed class PerfCountingSource : IEventSource
         _wake = null;
     }
 
-    public void Dispose() => Stop();
+    public void Dispose()
+    {
+        Stop();
+        _running.Dispose();
+    }
 }
