@@ -96,7 +96,8 @@ public sealed class PerfCountingSource : IEventSource
 
     /// <summary>Its own thread: it answers each open of /dev/kvm by starting the system-wide counters, and the vCPU of
     /// a VMM that runs its VM right after the open (`overhead`'s) runs uncounted until it does. At nice 19, 4 of 11
-    /// `overhead` rounds missed 298-913 of 55,000 exits; at nice 0, at most 144.</summary>
+    /// `overhead` rounds missed 298-913 of 55,000 exits; at its starting nice, the worst of 11 rounds missed 144-687 (three
+    /// runs).</summary>
     public IReadOnlyList<int> UrgentThreads => _tid != 0 ? [_tid] : [];
 
     public string Name => "perf-count";
