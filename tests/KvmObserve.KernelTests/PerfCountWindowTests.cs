@@ -196,4 +196,75 @@ public class PerfCountWindowTests
             named.Join();
         }
     }
+
+    /// <summary>Regular scans of procfs are the discovery thread's: outside a window perf-count attaches what they
+    /// found without walking procfs again, and scans on its own only when they are late (half an interval past due:
+    /// no discovery thread runs, or it is starved). It scanned every interval as well, under its own locks, and an open
+    /// of /dev/kvm that came meanwhile waited for that scan while the new VM's first exits went uncounted.</summary>
+    [KernelFact]
+    public void Outside_a_window_perf_count_attaches_what_the_registrys_scans_found_and_scans_itself_only_when_they_are_late()
+    {
+        string root = TracefsLocator.Find(mountIfNeeded: true, out string? problem) ?? throw new InvalidOperationException(problem);
+        var registry = new VmRegistry();
+        var aggregator = new Aggregator(CpuTopology.PossibleCpus(), registry);
+        const int interval = 400;
+        using var source = new PerfCountingSource(
+            new SourceOptions { PollTimeoutMs = 20, DiscoveryIntervalMs = interval, Events = ["kvm_pio", "kvm_userspace_exit", "kvm_mmu_get_page"] },
+            aggregator, root, CpuTopology.OnlineCpus());
+        source.Start();
+        const int vcpuCounters = 3; // this process names no vCPU thread: each of its threads gets the vCPU plan
+        bool Settles(Func<bool> condition, int ms)
+        {
+            DateTime deadline = DateTime.UtcNow.AddMilliseconds(ms);
+            while (!condition() && DateTime.UtcNow < deadline)
+                Thread.Sleep(10);
+            return condition();
+        }
+        bool WindowClosed()
+        {
+            double before = WindowsOf(source).Seconds;
+            Thread.Sleep(60);
+            return WindowsOf(source).Seconds == before;
+        }
+
+        using SafeFd kvm = Sys.Open("/dev/kvm", write: true);
+        using var vm = new SafeFd(Sys.Ioctl(kvm, KvmIoctl.CreateVm, 0, "KVM_CREATE_VM"));
+        using var vcpu = new SafeFd(Sys.Ioctl(vm, KvmIoctl.CreateVcpu, 0, "KVM_CREATE_VCPU"));
+        Assert.True(Settles(() => source.CountersOn(Sys.Gettid()) == vcpuCounters && WindowClosed(), 5_000),
+            "the VM's window did not close once its threads had counters");
+        long windows = WindowsOf(source).Windows;
+
+        using var release = new ManualResetEventSlim();
+        int tid = 0;
+        var worker = new Thread(() => { tid = Sys.Gettid(); release.Wait(); }) { IsBackground = true, Name = "late worker" };
+        try
+        {
+            // The discovery thread's part, played here: a scan every 100 ms, so none is ever late
+            long scansBefore = registry.ScansDone;
+            int ours = 0;
+            worker.Start();
+            Assert.True(Settles(() => { registry.Scan(); ours++; return tid != 0 && source.CountersOn(tid) == vcpuCounters; }, 3_000),
+                "a thread the registry's scan found got no counters outside a window");
+            for (int i = 0; i < 10; i++, ours++) // a second more, long past the source's own interval
+            {
+                Thread.Sleep(100);
+                registry.Scan();
+            }
+            Assert.Equal(ours, registry.ScansDone - scansBefore); // the source scanned none itself
+            Assert.Equal(windows, WindowsOf(source).Windows);
+
+            // No discovery thread: the source scans on its own once the last scan is 1.5 intervals old
+            long quietFrom = registry.ScansDone;
+            Assert.True(Settles(() => registry.ScansDone > quietFrom, 3 * interval),
+                $"no scan {3 * interval} ms after the last one: the source did not scan in the discovery thread's place");
+            Thread.Sleep(4 * interval);
+            long selfScans = registry.ScansDone - quietFrom;
+            Assert.InRange(selfScans, 2, 5); // one per 1.5 intervals (600 ms) over ~2.2 s; at every poll (20 ms) it would be ~100
+        }
+        finally
+        {
+            release.Set();
+            worker.Join();
+        }
+    }
 }

@@ -188,4 +188,29 @@ public sealed class DiscoveryTests : IDisposable
         Assert.Null(registry.VcpuFromFd(102, DateTime.UtcNow)); // not before a second has passed
         Assert.Equal(0, registry.VcpuFromFd(102, DateTime.UtcNow.AddSeconds(2)));
     }
+
+    /// <summary>Two threads keep the registry fresh (the discovery thread; perf-count in its windows): a scan asked for
+    /// within a while of the last one is skipped, and a reader can tell from ScansDone whether anything was learnt.</summary>
+    [Fact]
+    public void A_scan_soon_after_another_is_skipped_when_asked_and_each_scan_done_is_counted()
+    {
+        var registry = new VmRegistry(_proc.Root);
+        Assert.Equal(DateTime.MinValue, registry.LastScanAt);
+        Assert.True(registry.Scan(unlessWithin: TimeSpan.FromMinutes(1))); // never scanned: scans
+        DateTime first = registry.LastScanAt;
+        Assert.InRange(DateTime.UtcNow - first, TimeSpan.Zero, TimeSpan.FromMinutes(1));
+
+        _proc.Vm(100, "myvmm", "/opt/myvmm\0", threads: [(100, "myvmm")]);
+        Assert.False(registry.Scan(unlessWithin: TimeSpan.FromMinutes(1)));
+        Assert.Empty(registry.Vms()); // not scanned: not learnt
+        Assert.Equal((1L, first), (registry.ScansDone, registry.LastScanAt));
+
+        registry.Scan(); // a plain scan always scans
+        Assert.Equal(2, registry.ScansDone);
+        Assert.True(registry.LastScanAt >= first);
+        Assert.Single(registry.Vms());
+        Thread.Sleep(20);
+        Assert.True(registry.Scan(unlessWithin: TimeSpan.FromMilliseconds(10)));
+        Assert.Equal(3, registry.ScansDone);
+    }
 }

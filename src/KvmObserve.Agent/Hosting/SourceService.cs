@@ -168,10 +168,21 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
 
     private Thread? _discovery;
 
+    /// <summary>Scans every interval after the last scan, whoever did it: a source that scans on its own (perf-count,
+    /// in its attach windows and when this thread is late) moves the next one on, so procfs is not walked twice.</summary>
     private void Discovery()
     {
-        while (!_stop.Token.WaitHandle.WaitOne(options.DiscoveryIntervalMs))
-            aggregator.Registry.Scan();
+        var interval = TimeSpan.FromMilliseconds(options.DiscoveryIntervalMs);
+        DateTime turn = DateTime.UtcNow; // this thread's last turn: a registry that never scans (detached) is no busy loop
+        while (true)
+        {
+            DateTime last = aggregator.Registry.LastScanAt > turn ? aggregator.Registry.LastScanAt : turn;
+            TimeSpan wait = last + interval - DateTime.UtcNow;
+            if (_stop.Token.WaitHandle.WaitOne(wait > TimeSpan.Zero ? wait : TimeSpan.Zero))
+                return;
+            aggregator.Registry.Scan(unlessWithin: interval * 0.9); // (a wait can end a little early)
+            turn = DateTime.UtcNow;
+        }
     }
 
     private Thread? _naming;

@@ -276,15 +276,37 @@ public sealed class VmRegistry
     }
 
     /// <summary>Finds every process holding a KVM VM fd, learns its vCPU threads, and marks VMs that have exited.</summary>
-    public void Scan()
+    public void Scan() => Scan(TimeSpan.Zero);
+
+    /// <summary>Scans unless a scan ended less than <paramref name="unlessWithin"/> ago (one that waited for this
+    /// one's turn included): two threads that each keep the registry fresh do not both walk procfs. True when it
+    /// scanned.</summary>
+    public bool Scan(TimeSpan unlessWithin)
     {
         if (Detached)
-            return;
+            return false;
         lock (_scanGate) // one scan at a time: the discovery thread, and sources asking for one at once
+        {
+            if (DateTime.UtcNow - LastScanAt < unlessWithin)
+                return false;
             ScanLocked();
+            Volatile.Write(ref _lastScanTicks, DateTime.UtcNow.Ticks);
+            Interlocked.Increment(ref _scansDone);
+            return true;
+        }
     }
 
     private readonly object _scanGate = new();
+    private long _lastScanTicks; // DateTime.MinValue's
+    private long _scansDone;
+
+    /// <summary>When the last scan ended (DateTime.MinValue before the first). Read without the scan's lock: a source's
+    /// thread that asks never waits behind a scan in progress.</summary>
+    public DateTime LastScanAt => new(Volatile.Read(ref _lastScanTicks), DateTimeKind.Utc);
+
+    /// <summary>Scans done so far: a reader of the registry's VMs can tell whether anything was learnt since it last
+    /// looked.</summary>
+    public long ScansDone => Interlocked.Read(ref _scansDone);
 
     private void ScanLocked()
     {

@@ -18,8 +18,8 @@ namespace KvmObserve.Sources.PerfCount;
 /// nothing new, since the thread that will run a vCPU may start after its fd. A VMM that holds a VM fd and no vCPU fd
 /// is setting a VM up: waited for, up to 5 s; one that holds neither (it closed its VM and lives on) runs no guest.
 /// Meanwhile procfs is scanned every 40 ms, and what the system-wide totals count and no thread accounts for is
-/// reported as unattributed. Outside windows they are off: left on, they counted every event a second time, which made
-/// this source cost about 1.4x `perf stat -a`.
+/// reported as unattributed. Outside windows they are off (left on, they counted every event a second time, which made
+/// this source cost about 1.4x `perf stat -a`), and what the discovery thread's scans find is attached.
 /// </para>
 /// The unattributed count is a lower bound: the thread groups are read after the system-wide ones and before they
 /// start, so an attached thread's event is never taken for an unattributed one; what the running vCPUs do while the
@@ -65,7 +65,8 @@ public sealed class PerfCountingSource : IEventSource
     private SafeFd? _wake, _kvmOpens;
     private Action? _refresher;
     private IReadOnlyList<TracepointState> _tracepoints = [];
-    private DateTime _nextScan, _lastScan;
+    private DateTime _lastScan;
+    private long _scansSeen = -1; // the registry's ScansDone when this last attached
     private int _openFds;
     private ulong _fdLimit;
 
@@ -172,7 +173,6 @@ public sealed class PerfCountingSource : IEventSource
             using (CounterGroup probe = OpenOrThrow(_vcpuPlan, pid: 0, cpu: -1, "this thread"))
             { }
             _openFds = _systemGroups.Sum(g => g.Size);
-            _nextScan = DateTime.MinValue;
             Refresh();
             _refresher = Refresh;
             _aggregator.AddRefresher(_refresher);
@@ -248,13 +248,19 @@ public sealed class PerfCountingSource : IEventSource
     }
 
     /// <summary>A fold (<paramref name="poll"/> false: a scrape, the storm detector, housekeeping) reads every group. A
-    /// poll of this source's own thread outside a window only looks for what needs a window (an open of /dev/kvm, a
-    /// vCPU fd without counters) and scans when a scan is due: the counts keep in the kernel until the next fold.
-    /// Reading them at every poll (10 a second) was a fifth of this source's CPU, and each read of a running vCPU's
-    /// group interrupts its CPU (an IPI of about 13 us here).</summary>
+    /// poll of this source's own thread outside a window reads none: it looks for what needs a window (an open of
+    /// /dev/kvm, a vCPU fd without counters) and attaches what the registry's last scan found; the counts keep in the
+    /// kernel until the next fold. Reading them at every poll (10 a second) was a fifth of this source's CPU, and each
+    /// read of a running vCPU's group interrupts its CPU (an IPI of about 13 us here).
+    /// <para>
+    /// Regular scans of procfs are the discovery thread's; this thread scans in a window (every 40 ms), and on its own
+    /// only when that thread is late (none runs, or it is starved). It scanned every 2 s as well, under this source's
+    /// locks: an open of /dev/kvm that came meanwhile waited for the scan, and the VM's first exits went uncounted.
+    /// </para></summary>
     private void RefreshLocked(bool kvmOpened, bool poll)
     {
         DateTime now = DateTime.UtcNow;
+        VmRegistry registry = _aggregator.Registry;
         if (kvmOpened)
         {
             // A VMM may be starting: count what its threads do before they are attached, from now on
@@ -265,9 +271,12 @@ public sealed class PerfCountingSource : IEventSource
         bool fdsChanged = !_windowOpen && VcpuFdsChanged();
         if (fdsChanged)
             OpenWindow(); // perhaps a vCPU added to a running VM: catch it until it has counters
-        if (poll && !_windowOpen && now < _nextScan)
+        bool learnt = registry.ScansDone != _scansSeen; // someone scanned since this last attached
+        DateTime lastScan = registry.LastScanAt > _lastScan ? registry.LastScanAt : _lastScan;
+        bool scanLate = now >= lastScan.AddMilliseconds(_options.DiscoveryIntervalMs * 1.5);
+        if (poll && !_windowOpen && !learnt && !scanLate)
             return;
-        long[] attributed;
+        long[]? attributed = null; // read only in a window, or in a fold
         bool grew = false;
         if (_windowOpen)
         {
@@ -275,20 +284,25 @@ public sealed class PerfCountingSource : IEventSource
             attributed = CollectThreads();
             grew = UpdateWindow(attributed);
         }
-        else
+        else if (!poll)
         {
             attributed = CollectThreads();
         }
 
         bool paced = _windowOpen && !_alwaysOpen;
         bool rescanDue = kvmOpened || fdsChanged || now >= _lastScan.AddMilliseconds(paced ? WindowRescanMs : MinRescanMs);
-        if (now >= _nextScan || (rescanDue && (grew || paced)))
+        bool scan = scanLate || (rescanDue && (grew || paced));
+        if (scan || learnt)
         {
-            _aggregator.Registry.Scan();
-            _lastScan = now;
-            _nextScan = now.AddMilliseconds(_options.DiscoveryIntervalMs);
+            if (scan)
+            {
+                registry.Scan();
+                _lastScan = now;
+            }
+            _scansSeen = registry.ScansDone;
             (bool complete, bool byName, bool attached, bool vcpuAttached) = AttachAndRetire(deciding: paced);
-            attributed = CollectThreads();
+            if (attributed is not null)
+                attributed = CollectThreads();
             if (vcpuAttached || (_kvmOpenPending && now >= _kvmOpenedAt.AddMilliseconds(OpenGraceMs)))
                 _kvmOpenPending = false; // a VM came of the open, or none did (a capability probe)
             if (!complete)
@@ -298,7 +312,8 @@ public sealed class PerfCountingSource : IEventSource
             // (Not waiting for the unattributed estimate to stop growing: it is read while the attached threads run,
             // so it creeps up by the few events of each read's gap, and a busy VM would hold the window open.)
         }
-        ReportEvents(attributed);
+        if (attributed is not null)
+            ReportEvents(attributed);
     }
 
     /// <summary>Whether a VM has a vCPU fd it had not when all of them had counters (two stat(2) calls per VM; its
