@@ -12,7 +12,9 @@ internal sealed unsafe class MicroVm : IDisposable
 
     public MicroVm(ulong memoryBytes, bool irqchip)
     {
-        _kvm = Sys.Open("/dev/kvm", write: true);
+        if (KvmDevice.Problem() is string missing)
+            throw new InvalidOperationException(missing);
+        _kvm = Sys.Open(KvmDevice.Node, write: true);
         int version = Sys.Ioctl(_kvm, KvmIoctl.GetApiVersion, 0, "KVM_GET_API_VERSION");
         if (version != KvmIoctl.ApiVersion)
             throw new NotSupportedException($"KVM API version {version}, expected {KvmIoctl.ApiVersion}");

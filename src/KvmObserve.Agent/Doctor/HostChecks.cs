@@ -95,9 +95,9 @@ internal static class HostChecks
 
     private static IEnumerable<Finding> Kvm()
     {
-        if (!File.Exists("/dev/kvm"))
+        if (KvmDevice.Problem() is string missing)
         {
-            yield return new Finding(Verdict.Fail, "/dev/kvm", "absent", "no VMs can run on this host; `load` cannot run");
+            yield return new Finding(Verdict.Fail, "/dev/kvm", "absent", $"{missing}; `load` and `overhead` cannot run, and the kvm tracepoints see nothing");
             yield break;
         }
         string api;
@@ -138,7 +138,7 @@ internal static class HostChecks
         try
         {
             source.Start();
-            if (probe && File.Exists("/dev/kvm"))
+            if (probe && KvmDevice.Problem() is null)
             {
                 VmRunner.Run(new LoadOptions
                 {
@@ -169,6 +169,8 @@ internal static class HostChecks
                 yield return new Finding(Verdict.Info, name, t.Status.Problem ?? "unavailable", "its metrics stay empty");
             else if (!probe)
                 yield return new Finding(Verdict.Ok, name, $"exists (id {t.Status.Id}), enabled={t.Enabled}", "");
+            else if (KvmDevice.Problem() is not null)
+                yield return new Finding(Verdict.Ok, name, $"exists (id {t.Status.Id}), enabled={t.Enabled}", "not probed: no VM can run here (/dev/kvm)");
             else if (seen > 0)
                 yield return new Finding(Verdict.Ok, name, $"exists, enabled, seen firing ({seen} in the probe)", "");
             else

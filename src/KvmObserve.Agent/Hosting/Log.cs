@@ -32,6 +32,9 @@ internal static partial class Log
     [LoggerMessage(18, LogLevel.Information, "Threads at nice {Nice} ({Reason})")]
     public static partial void NiceSet(ILogger logger, int nice, string reason);
 
+    [LoggerMessage(19, LogLevel.Warning, "No VM can run on this host: {Problem}. The agent runs, and its kvm series stay at zero until a KVM device appears")]
+    public static partial void NoKvmDevice(ILogger logger, string problem);
+
     [LoggerMessage(9, LogLevel.Warning, "{Message}")]
     public static partial void SourceWarning(ILogger logger, string message);
 

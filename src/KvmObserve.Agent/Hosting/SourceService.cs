@@ -2,6 +2,7 @@ using KvmObserve.Aggregation;
 using KvmObserve.Aggregation.Discovery;
 using KvmObserve.Exposition;
 using KvmObserve.Native;
+using KvmObserve.Native.Kvm;
 using KvmObserve.Sources;
 using KvmObserve.Sources.Bpf;
 using KvmObserve.Sources.Perf;
@@ -112,6 +113,8 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
             Log.BuiltInExitReasons(logger);
         Log.SourceStarted(logger, _source.Name, _source.Tracepoints.Count(t => t.Enabled), _source.Tracepoints.Count,
             CpuTopology.OnlineCpus().Count, host.TracefsRoot!);
+        if (KvmDevice.Problem() is string missing)
+            Log.NoKvmDevice(logger, missing);
         Publish(reason);
         return Task.CompletedTask;
     }
