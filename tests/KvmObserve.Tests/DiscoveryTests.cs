@@ -213,4 +213,22 @@ public sealed class DiscoveryTests : IDisposable
         Assert.True(registry.Scan(unlessWithin: TimeSpan.FromMilliseconds(10)));
         Assert.Equal(3, registry.ScansDone);
     }
+
+    /// <summary>A thread of a running VM not named for a vCPU is looked at again by its name alone (it may name itself
+    /// later), and until it does its first identity stands, with the time it was learnt.</summary>
+    [Fact]
+    public void A_thread_not_named_for_a_vcpu_is_looked_at_again_by_its_name_alone_and_keeps_when_it_was_learnt()
+    {
+        _proc.Vm(100, "myvmm", "/opt/myvmm\0", threads: [(100, "myvmm"), (101, "worker")]);
+        VmRegistry registry = Scan();
+        ThreadIdentity first = registry.Resolve(101);
+        Assert.Equal(-1, first.Vcpu);
+        Thread.Sleep(20);
+        Assert.Same(first, registry.Resolve(101)); // not a fresh identity at each look: the fold's grace runs from the first
+
+        File.Delete(Path.Combine(_proc.Root, "101", "status")); // a second look reads /proc/PID/task/TID/comm only
+        _proc.Write("100/task/101/comm", "CPU 2/KVM\n");
+        ThreadIdentity named = registry.Resolve(101);
+        Assert.Equal((first.Vm, 2), (named.Vm, named.Vcpu));
+    }
 }

@@ -305,4 +305,20 @@ public sealed class LatencyPipelineTests : IDisposable
         Assert.Equal(1, Wakeups(HaltOutcome.Immediate));
         Assert.Equal(0, Wakeups(HaltOutcome.Unknown));
     }
+
+    /// <summary>A userspace exit counted on a thread of a running VM whose vCPU nothing tells (not named for one, no
+    /// vCPU in its records, not seen blocked on a vCPU fd) is held back for a moment, then shown without a vCPU. It
+    /// was held for as long as the VM ran: each fold looked the thread up afresh, and the moment began again.</summary>
+    [Fact]
+    public void Counts_of_a_thread_whose_vcpu_nothing_tells_are_shown_after_a_moment_not_when_its_vm_exits()
+    {
+        Read(0, Page(null, (1_000, UserspaceExit(Vm, 2))));
+        IEnumerable<MergedSeries> UserspaceExits() => _aggregator.Snapshot().Where(s => s.Family == MetricFamily.UserspaceExits);
+        _aggregator.Fold();
+        Assert.Empty(UserspaceExits()); // its name, its records or its fd may still tell its vCPU
+        Thread.Sleep(VmRegistry.UnresolvedGrace + TimeSpan.FromMilliseconds(300));
+        _aggregator.Fold();
+        MergedSeries shown = Assert.Single(UserspaceExits());
+        Assert.Equal(("web", -1, 1L), (shown.Vm, shown.Vcpu, shown.Value));
+    }
 }

@@ -58,7 +58,7 @@ public sealed class VmRegistry
             if (_threads.TryGetValue(tid, out known) && !NeedsVcpu(known))
                 return known;
         }
-        ThreadIdentity? found = ReadThread(tid);
+        ThreadIdentity? found = known is not null ? Recheck(known, tid) : ReadThread(tid);
         lock (_gate)
         {
             if (found is not null)
@@ -351,6 +351,20 @@ public sealed class VmRegistry
                     vm.ExitedAt = DateTime.UtcNow;
             }
         }
+    }
+
+    /// <summary>A known thread of a running VM not named for a vCPU: only its name is read again (one file, not the
+    /// three of a first look). Until it names one, its first identity stands, with the time it was learnt: a fold holds
+    /// its vCPU-labelled series back for <see cref="UnresolvedGrace"/> from then. (A fresh identity at every look
+    /// restarted the grace at each fold, and the counts of a thread whose vCPU was never told, a busy vCPU of a VMM
+    /// that does not name its threads, were held for as long as its VM ran.)</summary>
+    private ThreadIdentity? Recheck(ThreadIdentity known, int tid)
+    {
+        string? comm = ReadText(Path.Combine(_procRoot, known.Vm.Pid.ToString(CultureInfo.InvariantCulture), "task",
+            tid.ToString(CultureInfo.InvariantCulture), "comm"));
+        if (comm is null)
+            return ReadThread(tid); // gone, or no longer that VM's: a first look again
+        return ProcfsParsers.VcpuFromThreadName(comm) is int vcpu ? new ThreadIdentity(known.Vm, vcpu) : known;
     }
 
     private ThreadIdentity? ReadThread(int tid)
