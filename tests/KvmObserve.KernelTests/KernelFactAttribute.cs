@@ -1,3 +1,5 @@
+using KvmObserve.Native.Kvm;
+
 namespace KvmObserve.KernelTests;
 
 /// <summary>
@@ -41,7 +43,7 @@ public static class Requirements
     private static bool UnderCi => Environment.GetEnvironmentVariable("CI") == "true";
 
     /// <summary>The kernel has a KVM device (registered as the "kvm" misc device) even if no node is in /dev.</summary>
-    public static bool KernelHasKvm => File.Exists("/dev/kvm") || Directory.Exists("/sys/class/misc/kvm");
+    public static bool KernelHasKvm => File.Exists(KvmDevice.Node) || Directory.Exists("/sys/class/misc/kvm");
 
     /// <summary>Null when the test must run (and fail on whatever is missing), else why it is skipped.</summary>
     public static string? SkipReason(bool kvm)
@@ -53,7 +55,7 @@ public static class Requirements
             return $"needs {missing}";
         // CI runs as root with tracefs mounted: only a machine without KVM may skip, and it says so.
         return kvm && !KernelHasKvm && Missing(kvm: false) is null
-            ? "needs /dev/kvm: this kernel registered no KVM device (no /sys/class/misc/kvm), so no VM can run here"
+            ? $"needs a VM: {KvmDevice.Problem()}"
             : null;
     }
 
