@@ -469,17 +469,22 @@ public sealed class PerfCountingSource : IEventSource
                         continue;
                     Retire(have); // its counts so far stay in its series; the new group counts on from there
                 }
-                if (Attach(tid, plan))
+                if (Attach(tid, plan, out bool exited))
                 {
                     changed = true;
                     attachedVcpuPlan |= plan == _vcpuPlan;
                     attachedNamedVcpu |= vcpu >= 0;
                 }
+                else if (exited)
+                {
+                    alive.Remove(tid);
+                }
             }
             bool counted = vcpuFds.Count > 0
                 ? (named
                     ? vcpuFds.All(i => threads.Any(t => t.Vcpu == i && _threads.TryGetValue(t.Tid, out ThreadCounters? c) && c.Plan == _vcpuPlan))
-                    : threads.All(t => _threads.ContainsKey(t.Tid)))
+                    // A thread that exited since the scan needs no counters: it opened a window until the next scan
+                    : threads.All(t => _threads.ContainsKey(t.Tid) || !alive.Contains(t.Tid)))
                 : !SettingUp(vm, now);
             vcpuAttached |= named ? attachedNamedVcpu : attachedVcpuPlan && vcpuFds.Count > 0;
             if (vcpuFds.Count > 0)
@@ -519,14 +524,17 @@ public sealed class PerfCountingSource : IEventSource
         return now - since < SetupGrace;
     }
 
-    private bool Attach(int tid, CounterPlan plan)
+    /// <summary>Opens a thread's group; <paramref name="exited"/> when the thread has exited since the scan (ESRCH).</summary>
+    private bool Attach(int tid, CounterPlan plan, out bool exited)
     {
+        exited = false;
         if (plan.Counters.Count == 0 || !EnsureFds(plan.Counters.Count))
             return false;
         CounterGroup? group = CounterGroup.TryOpen(plan, tid, cpu: -1, out int errno);
         if (group is null)
         {
-            if (errno != 3) // ESRCH: the thread has just exited
+            exited = errno == 3; // ESRCH
+            if (!exited)
                 Warn?.Invoke($"perf-count: cannot attach to thread {tid}: {KernelErrorText(errno)}");
             return false;
         }
