@@ -15,8 +15,7 @@ public static class LoadRunner
     /// <summary>Runs the VMs and returns the combined JSON report.</summary>
     public static string RunParent(LoadOptions options, TextWriter log)
     {
-        if (KvmDevice.Problem() is string missing)
-            throw new InvalidOperationException(missing); // said once, not by each VM's process
+        KvmDevice.ThrowIfMissing(); // said once, not by each VM's process
         var vms = new List<JsonElement>();
         for (int cycle = 0; cycle < options.Cycles; cycle++)
             vms.AddRange(RunVms(options, cycle, log));

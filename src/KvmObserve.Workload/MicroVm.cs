@@ -12,8 +12,7 @@ internal sealed unsafe class MicroVm : IDisposable
 
     public MicroVm(ulong memoryBytes, bool irqchip)
     {
-        if (KvmDevice.Problem() is string missing)
-            throw new InvalidOperationException(missing);
+        KvmDevice.ThrowIfMissing();
         _kvm = Sys.Open(KvmDevice.Node, write: true);
         int version = Sys.Ioctl(_kvm, KvmIoctl.GetApiVersion, 0, "KVM_GET_API_VERSION");
         if (version != KvmIoctl.ApiVersion)

@@ -43,7 +43,7 @@ public static class Requirements
     private static bool UnderCi => Environment.GetEnvironmentVariable("CI") == "true";
 
     /// <summary>The kernel has a KVM device (registered as the "kvm" misc device) even if no node is in /dev.</summary>
-    public static bool KernelHasKvm => File.Exists(KvmDevice.Node) || Directory.Exists("/sys/class/misc/kvm");
+    public static bool KernelHasKvm => File.Exists(KvmDevice.Node) || KvmDevice.Registered();
 
     /// <summary>Null when the test must run (and fail on whatever is missing), else why it is skipped.</summary>
     public static string? SkipReason(bool kvm)
@@ -65,7 +65,7 @@ public static class Requirements
             return "root (tracefs instances and KVM)";
         if (!Directory.Exists("/sys/kernel/tracing/events") && !Directory.Exists("/sys/kernel/debug/tracing/events"))
             return "tracefs";
-        if (kvm && !File.Exists("/dev/kvm"))
+        if (kvm && !File.Exists(KvmDevice.Node))
             return "/dev/kvm";
         return null;
     }

@@ -27,6 +27,7 @@ public sealed class KvmDeviceTests : IDisposable
         string problem = KvmDevice.Problem(Node, Sys)!;
         Assert.Contains("the kernel has a KVM device (10:232)", problem, StringComparison.Ordinal);
         Assert.Contains($"mknod {Node} c 10 232", problem, StringComparison.Ordinal);
+        Assert.True(KvmDevice.Registered(Sys));
     }
 
     [Fact]
@@ -36,5 +37,6 @@ public sealed class KvmDeviceTests : IDisposable
         Assert.StartsWith($"{Node} is absent and the kernel registered no KVM device", problem, StringComparison.Ordinal);
         Assert.EndsWith("so no VM can run", problem, StringComparison.Ordinal);
         Assert.DoesNotContain("mknod", problem, StringComparison.Ordinal);
+        Assert.False(KvmDevice.Registered(Sys));
     }
 }

@@ -68,8 +68,7 @@ internal static class OverheadCommand
             }
             try
             {
-                if (Native.Kvm.KvmDevice.Problem() is string missing)
-                    throw new InvalidOperationException(missing); // before any agent or reference starts
+                Native.Kvm.KvmDevice.ThrowIfMissing(); // before any agent or reference starts
                 HostCapabilities host = Hosting.SourceService.Probe(mountIfNeeded: true);
                 if (sources.Length == 0)
                     sources = [SourceSelection.Choose("auto", MetricSelection.All, host).Source];

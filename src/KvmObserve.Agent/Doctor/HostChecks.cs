@@ -103,7 +103,7 @@ internal static class HostChecks
         string api;
         try
         {
-            using SafeFd kvm = Sys.Open("/dev/kvm", write: true);
+            using SafeFd kvm = Sys.Open(KvmDevice.Node, write: true);
             api = $"API version {Sys.Ioctl(kvm, KvmIoctl.GetApiVersion, 0, "KVM_GET_API_VERSION")}";
         }
         catch (NativeErrorException e)
@@ -134,11 +134,12 @@ internal static class HostChecks
     {
         var aggregator = new Aggregator(64, new VmRegistry());
         var source = new TracefsSource(new SourceOptions { PollTimeoutMs = 20, MountIfNeeded = false }, aggregator, root);
+        bool vmProbe = probe && KvmDevice.Problem() is null;
         Exception? failure = null;
         try
         {
             source.Start();
-            if (probe && KvmDevice.Problem() is null)
+            if (vmProbe)
             {
                 VmRunner.Run(new LoadOptions
                 {
@@ -169,7 +170,7 @@ internal static class HostChecks
                 yield return new Finding(Verdict.Info, name, t.Status.Problem ?? "unavailable", "its metrics stay empty");
             else if (!probe)
                 yield return new Finding(Verdict.Ok, name, $"exists (id {t.Status.Id}), enabled={t.Enabled}", "");
-            else if (KvmDevice.Problem() is not null)
+            else if (!vmProbe)
                 yield return new Finding(Verdict.Ok, name, $"exists (id {t.Status.Id}), enabled={t.Enabled}", "not probed: no VM can run here (/dev/kvm)");
             else if (seen > 0)
                 yield return new Finding(Verdict.Ok, name, $"exists, enabled, seen firing ({seen} in the probe)", "");

@@ -14,7 +14,7 @@ public static class KvmDevice
     {
         if (File.Exists(node))
             return null;
-        string misc = Path.Combine(sysRoot, "class", "misc", "kvm");
+        string misc = MiscDir(sysRoot);
         if (Directory.Exists(misc))
         {
             string dev = File.Exists(Path.Combine(misc, "dev")) ? File.ReadAllText(Path.Combine(misc, "dev")).Trim() : "";
@@ -25,4 +25,17 @@ public static class KvmDevice
         return $"{node} is absent and the kernel registered no KVM device (no {misc}): no KVM backend bound here "
             + "(no vmx/svm, its module not loaded, or this kernel is itself a guest without nested virtualization), so no VM can run";
     }
+
+    /// <summary>The kernel registered a KVM device, whether or not its node is in /dev.</summary>
+    public static bool Registered(string sysRoot = "/sys") => Directory.Exists(MiscDir(sysRoot));
+
+    /// <summary>Throws <see cref="Problem"/> as an InvalidOperationException: for a command that is about to run VMs,
+    /// before it starts anything else.</summary>
+    public static void ThrowIfMissing()
+    {
+        if (Problem() is string missing)
+            throw new InvalidOperationException(missing);
+    }
+
+    private static string MiscDir(string sysRoot) => Path.Combine(sysRoot, "class", "misc", "kvm");
 }

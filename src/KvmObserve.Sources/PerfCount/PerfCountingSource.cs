@@ -2,6 +2,7 @@ using KvmObserve.Aggregation;
 using KvmObserve.Aggregation.Discovery;
 using KvmObserve.Decoding.Events;
 using KvmObserve.Native;
+using KvmObserve.Native.Kvm;
 using KvmObserve.Sources.Tracefs;
 
 namespace KvmObserve.Sources.PerfCount;
@@ -81,7 +82,7 @@ public sealed class PerfCountingSource : IEventSource
     private readonly Dictionary<VmInfo, DateTime> _settingUp = new(); // VMMs seen holding a VM fd and no vCPU fd: since when
 
     public PerfCountingSource(SourceOptions options, Aggregator aggregator, string tracefsRoot, IReadOnlyList<int> cpus,
-        CountingKeys? keys = null, uint? hostIsa = null, string kvmDevice = "/dev/kvm")
+        CountingKeys? keys = null, uint? hostIsa = null, string kvmDevice = KvmDevice.Node)
     {
         _options = options;
         _aggregator = aggregator;
