@@ -21,7 +21,7 @@ public sealed partial class Agent : IDisposable
     {
         Port = port;
         _scheme = scheme;
-        _http = new HttpClient(handler ?? new HttpClientHandler()) { Timeout = TimeSpan.FromSeconds(10) };
+        _http = new HttpClient(handler ?? new HttpClientHandler()) { Timeout = TestTime.Seconds(10) };
         var psi = new ProcessStartInfo(wrapper.Length > 0 ? wrapper[0] : "dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (string w in wrapper.Skip(1).Append("dotnet").Skip(wrapper.Length > 0 ? 0 : 1))
             psi.ArgumentList.Add(w);
@@ -54,7 +54,7 @@ public sealed partial class Agent : IDisposable
     private static Agent Start(HttpMessageHandler? handler, string scheme, string[] wrapper, string[] extra)
     {
         var agent = new Agent(FreePort(), handler, scheme, wrapper, extra);
-        var deadline = DateTime.UtcNow.AddSeconds(30);
+        var deadline = DateTime.UtcNow + TestTime.Seconds(30);
         while (DateTime.UtcNow < deadline)
         {
             if (agent._process.HasExited)
@@ -82,7 +82,7 @@ public sealed partial class Agent : IDisposable
     /// <summary>Scrapes until <paramref name="done"/> holds (the readers may still be draining), then once more.</summary>
     public Metrics ScrapeUntil(Func<Metrics, bool> done, TimeSpan? timeout = null)
     {
-        var deadline = DateTime.UtcNow + (timeout ?? TimeSpan.FromSeconds(15));
+        var deadline = DateTime.UtcNow + (timeout ?? TimeSpan.FromSeconds(15)) * TestTime.Scale;
         Metrics m = Scrape();
         while (!done(m) && DateTime.UtcNow < deadline)
         {
@@ -98,8 +98,8 @@ public sealed partial class Agent : IDisposable
     public int Stop()
     {
         Syscall.Kill(_process.Id, 15);
-        if (!_process.WaitForExit(10_000))
-            throw new TimeoutException("agent did not stop within 10 s of SIGTERM");
+        if (!_process.WaitForExit(TestTime.Ms(10_000)))
+            throw new TimeoutException($"agent did not stop within {TestTime.Seconds(10).TotalSeconds:0} s of SIGTERM");
         return _process.ExitCode;
     }
 
@@ -121,7 +121,7 @@ public sealed partial class Agent : IDisposable
         if (!_process.HasExited)
         {
             Syscall.Kill(_process.Id, 15);
-            if (!_process.WaitForExit(10_000))
+            if (!_process.WaitForExit(TestTime.Ms(10_000)))
                 _process.Kill();
         }
         _process.Dispose();
@@ -136,9 +136,39 @@ public sealed partial class Agent : IDisposable
     }
 
     /// <summary>`kvmobserve load ...`, its JSON report parsed.</summary>
-    public static JsonElement Load(params string[] args)
+    public static JsonElement Load(params string[] args) => Load([], args);
+
+    /// <summary>`kvmobserve load ...` under `perf stat -a`: its report, and how many times each of
+    /// <paramref name="tracepoints"/> ("kvm:kvm_exit") fired on the whole machine while it ran, as the kernel counted.</summary>
+    public static (JsonElement Report, Dictionary<string, long> Counts) LoadCounted(IEnumerable<string> tracepoints, params string[] args)
     {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        string counts = Path.Combine(Path.GetTempPath(), $"kvmobserve-perfstat-{Environment.ProcessId}-{Guid.NewGuid():N}.csv");
+        try
+        {
+            JsonElement report = Load(["perf", "stat", "-a", "-x", ",", "-o", counts, "-e", string.Join(',', tracepoints), "--"], args);
+            var result = new Dictionary<string, long>(StringComparer.Ordinal);
+            // perf stat -x, lines: value,unit,event,... ("<not counted>" where the event never ran).
+            foreach (string line in File.ReadLines(counts).Where(l => l.Length > 0 && l[0] != '#'))
+            {
+                string[] f = line.Split(',');
+                if (f.Length >= 3)
+                    result[f[2]] = long.TryParse(f[0], CultureInfo.InvariantCulture, out long n) ? n : 0;
+            }
+            return (report, result);
+        }
+        finally
+        {
+            File.Delete(counts);
+        }
+    }
+
+    private static JsonElement Load(string[] wrapper, string[] args)
+    {
+        var psi = new ProcessStartInfo(wrapper.Length > 0 ? wrapper[0] : "dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (string w in wrapper.Skip(1))
+            psi.ArgumentList.Add(w);
+        if (wrapper.Length > 0)
+            psi.ArgumentList.Add("dotnet");
         psi.ArgumentList.Add(Dll);
         psi.ArgumentList.Add("load");
         foreach (string a in args)
@@ -146,10 +176,10 @@ public sealed partial class Agent : IDisposable
         using Process p = Process.Start(psi)!;
         Task<string> stdout = p.StandardOutput.ReadToEndAsync();
         Task<string> stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(120_000))
+        if (!p.WaitForExit(TestTime.Ms(120_000)))
         {
             p.Kill(entireProcessTree: true);
-            throw new TimeoutException("load did not finish in 120 s");
+            throw new TimeoutException($"load did not finish in {TestTime.Seconds(120).TotalSeconds:0} s");
         }
         Assert.True(p.ExitCode == 0, $"load failed ({p.ExitCode}): {stderr.Result}");
         return JsonDocument.Parse(stdout.Result).RootElement.Clone();

@@ -1,12 +1,15 @@
+using KvmObserve.KernelTests.VmHost;
 using KvmObserve.Native.Kvm;
+using Xunit.Sdk;
 
 namespace KvmObserve.KernelTests;
 
 /// <summary>
-/// A test that needs the real kernel: root and tracefs, and /dev/kvm unless <see cref="Kvm"/> is false. Where one is
-/// missing it is skipped with the reason, except under CI=true, where only KVM may be missing, and only on a kernel
-/// that registered no KVM device at all (a machine without KVM); anything else missing there fails the test.
+/// A test that needs the real kernel: root and tracefs, and a VM unless <see cref="Kvm"/> is false. A test that needs a
+/// VM runs here where this host has /dev/kvm, and in the test VM (tests/vmhost/: kvm_amd in QEMU) where it has none.
+/// Where something is missing the test is skipped with the reason, except under CI=true, where it fails.
 /// </summary>
+[XunitTestCaseDiscoverer("KvmObserve.KernelTests.VmHost.KernelFactDiscoverer", "KvmObserve.KernelTests")]
 public sealed class KernelFactAttribute : FactAttribute
 {
     public bool Kvm
@@ -15,14 +18,38 @@ public sealed class KernelFactAttribute : FactAttribute
         set
         {
             field = value;
-            Skip = Requirements.SkipReason(value);
+            Skip = Requirements.SkipReason(value, Paging);
         }
     } = true;
 
-    public KernelFactAttribute() => Skip = Requirements.SkipReason(kvm: true);
+    /// <summary>The guest paging the test needs of a hardware KVM (<see cref="KvmPaging.Any"/>: any KVM).</summary>
+    public KvmPaging Paging
+    {
+        get;
+        set
+        {
+            field = value;
+            Skip = Requirements.SkipReason(Kvm, value);
+        }
+    }
+
+    /// <summary>The test reads tracefs ring buffers through their memory map, which kernels before 6.10 lack: a true
+    /// lack where the test runs (the test VM's kernel is 6.1), skipped with the reason even under CI.</summary>
+    public bool RingMmap
+    {
+        get;
+        set
+        {
+            field = value;
+            Skip = Requirements.SkipReason(Kvm, Paging) ?? (value && (File.Exists(KvmDevice.Node) || !Kvm) ? Requirements.RingMmapLacking() : null);
+        }
+    }
+
+    public KernelFactAttribute() => Skip = Requirements.SkipReason(kvm: true, KvmPaging.Any);
 }
 
 /// <summary>A <see cref="KernelFactAttribute"/> with data rows.</summary>
+[XunitTestCaseDiscoverer("KvmObserve.KernelTests.VmHost.KernelTheoryDiscoverer", "KvmObserve.KernelTests")]
 public sealed class KernelTheoryAttribute : TheoryAttribute
 {
     public bool Kvm
@@ -31,42 +58,61 @@ public sealed class KernelTheoryAttribute : TheoryAttribute
         set
         {
             field = value;
-            Skip = Requirements.SkipReason(value);
+            Skip = Requirements.SkipReason(value, Paging);
         }
     } = true;
 
-    public KernelTheoryAttribute() => Skip = Requirements.SkipReason(kvm: true);
+    /// <inheritdoc cref="KernelFactAttribute.Paging"/>
+    public KvmPaging Paging
+    {
+        get;
+        set
+        {
+            field = value;
+            Skip = Requirements.SkipReason(Kvm, value);
+        }
+    }
+
+    public KernelTheoryAttribute() => Skip = Requirements.SkipReason(kvm: true, KvmPaging.Any);
 }
 
 public static class Requirements
 {
     private static bool UnderCi => Environment.GetEnvironmentVariable("CI") == "true";
 
-    /// <summary>The kernel has a KVM device (registered as the "kvm" misc device) even if no node is in /dev.</summary>
-    public static bool KernelHasKvm => File.Exists(KvmDevice.Node) || KvmDevice.Registered();
+    /// <summary>KVMOBSERVE_TEST_VM=off: VM tests skip where this host has no /dev/kvm, instead of booting the test VM
+    /// (a quick local run; CI ignores it).</summary>
+    private static bool TestVmOff => Environment.GetEnvironmentVariable("KVMOBSERVE_TEST_VM") == "off";
 
     /// <summary>Null when the test must run (and fail on whatever is missing), else why it is skipped.</summary>
-    public static string? SkipReason(bool kvm)
+    public static string? SkipReason(bool kvm, KvmPaging paging)
     {
-        string? missing = Missing(kvm);
+        string? missing = Missing(kvm, paging);
         if (missing is null)
             return null;
-        if (!UnderCi)
+        // A KVM that pages otherwise cannot be changed by a test (kvm_amd's npt is set at load): a true lack, said.
+        if (kvm && File.Exists(KvmDevice.Node) && HostPaging.Lacks(paging) is not null)
             return $"needs {missing}";
-        // CI runs as root with tracefs mounted: only a machine without KVM may skip, and it says so.
-        return kvm && !KernelHasKvm && Missing(kvm: false) is null
-            ? $"needs a VM: {KvmDevice.Problem()}"
-            : null;
+        return UnderCi ? null : $"needs {missing}";
     }
 
-    public static string? Missing(bool kvm = true)
+    /// <summary>Whether this kernel maps tracefs ring buffers (6.10+); null when it does, else why not.</summary>
+    public static string? RingMmapLacking() => Environment.OSVersion.Version < new Version(6, 10)
+        ? $"the tracefs ring-buffer memory map (Linux 6.10+; this kernel is {Environment.OSVersion.Version})" : null;
+
+    /// <summary>What this host lacks for the test, or null. A VM test lacks nothing where the test VM can boot.</summary>
+    public static string? Missing(bool kvm = true, KvmPaging paging = KvmPaging.Any)
     {
         if (Environment.UserName != "root")
             return "root (tracefs instances and KVM)";
         if (!Directory.Exists("/sys/kernel/tracing/events") && !Directory.Exists("/sys/kernel/debug/tracing/events"))
             return "tracefs";
-        if (kvm && !File.Exists(KvmDevice.Node))
-            return "/dev/kvm";
-        return null;
+        if (!kvm)
+            return null;
+        if (File.Exists(KvmDevice.Node))
+            return HostPaging.Lacks(paging);
+        if (TestVmOff && !UnderCi)
+            return $"a VM: {KvmDevice.Problem()}, and the test VM is off (KVMOBSERVE_TEST_VM=off)";
+        return TestVm.CannotBoot() is string why ? $"a VM: {KvmDevice.Problem()}, and the test VM needs {why}" : null;
     }
 }

@@ -1,0 +1,250 @@
+using System.Globalization;
+using System.Text.RegularExpressions;
+using System.Xml.Linq;
+
+namespace KvmObserve.KernelTests.VmHost;
+
+/// <summary>What one test did in the test VM.</summary>
+public sealed record GuestResult(string? Failure, string? StackTrace, string? SkipReason, decimal Seconds, string Output)
+{
+    public static GuestResult Failed(string why) => new(why, null, null, 0, "");
+}
+
+/// <summary>
+/// Runs, in the test VM, every VM test this run selected: those that need nested paging (or any) with kvm_amd npt=1,
+/// then kvm_amd reloaded with npt=0 for those that need shadow paging. Each batch is `dotnet test` of this very assembly
+/// in the guest; its TRX file, on the share, says what each test did. A test that hangs is ended by vstest's blame; a
+/// guest that hangs (its kernel locked up under QEMU: no test ends or starts for <see cref="Stall"/>) is killed. Either
+/// way the test that was running fails with what the guest said, and the tests not run yet get a fresh batch (a fresh
+/// boot after a hung guest), <see cref="Retries"/> times at most: one hang costs one test, not the whole run.
+/// </summary>
+public static partial class GuestTestRun
+{
+    /// <summary>Set in the guest: the file each VM test appends its name to as it starts.</summary>
+    public const string StartedVariable = "KVMOBSERVE_TEST_VM_STARTED";
+
+    /// <summary>The longest a test may run in the guest (blame ends it): the slowest take ~3 minutes there.</summary>
+    private static readonly TimeSpan TestLimit = TimeSpan.FromMinutes(6);
+
+    /// <summary>No test ended or started for this long: the guest is hung (it outlasts <see cref="TestLimit"/>).</summary>
+    private static readonly TimeSpan Stall = TimeSpan.FromMinutes(8);
+
+    /// <summary>The most all batches of one paging may take, however many retries: CI's whole run must stay well
+    /// under 90 minutes (the shadow-paging tests are few).</summary>
+    private static TimeSpan PagingLimit(bool nested) => TimeSpan.FromMinutes(nested ? 35 : 15);
+
+    private const int Retries = 4;
+
+    /// <summary>How often each test was running when the guest died.</summary>
+    private static readonly Dictionary<string, int> GuestDeaths = new(StringComparer.Ordinal);
+
+    /// <summary>Fresh boots a test gets after the guest died under it. The 6.1 guest's "corrupted stack end" panics
+    /// come at random in QEMU's emulation of SVM, and CI once saw one test hit twice in a run.</summary>
+    private const int DeathRetries = 2;
+
+    private static readonly object Gate = new();
+    private static readonly List<VmTestCase> Planned = new();
+    private static Dictionary<string, GuestResult>? _results;
+    private static string? _failure;
+
+    /// <summary>VM tests run in the test VM: this host has no /dev/kvm.</summary>
+    public static bool RunsHere => !File.Exists(Native.Kvm.KvmDevice.Node);
+
+    /// <summary>The VM tests this run will run (the executor says so before it starts any).</summary>
+    public static void Plan(IEnumerable<VmTestCase> cases)
+    {
+        lock (Gate)
+            Planned.AddRange(cases);
+    }
+
+    public static GuestResult ResultOf(VmTestCase test)
+    {
+        lock (Gate)
+        {
+            if (_results is null && _failure is null)
+                RunAll();
+            if (_failure is not null)
+                return GuestResult.Failed(_failure);
+            return _results!.TryGetValue(test.DisplayName, out GuestResult? r) ? r
+                : GuestResult.Failed($"the test VM reported no result for {test.DisplayName}");
+        }
+    }
+
+    private static void RunAll()
+    {
+        var cases = Planned.Count > 0 ? Planned.ToList() : [];
+        _results = new Dictionary<string, GuestResult>(StringComparer.Ordinal);
+        TestVm? vm = null;
+        try
+        {
+            if (TestVm.CannotBoot() is string why)
+                throw new InvalidOperationException($"no /dev/kvm here, and the test VM cannot boot: needs {why}");
+            foreach (bool nested in new[] { true, false })
+            {
+                var batch = cases.Where(c => (c.Paging != KvmPaging.Shadow) == nested).ToList();
+                if (batch.Count > 0)
+                    RunPaging(ref vm, batch, nested);
+            }
+        }
+        catch (Exception e)
+        {
+            _failure = e.Message;
+        }
+        finally
+        {
+            vm?.Dispose();
+        }
+    }
+
+    /// <summary>Runs <paramref name="cases"/> until each has a result, or the retries or the time are spent.</summary>
+    private static void RunPaging(ref TestVm? vm, List<VmTestCase> cases, bool nested)
+    {
+        string paging = nested ? "nested" : "shadow";
+        DateTime deadline = DateTime.UtcNow + PagingLimit(nested);
+        var left = cases;
+        for (int attempt = 0; ; attempt++)
+        {
+            if (vm is null)
+                vm = TestVm.Boot(nested);
+            else if (vm.NestedPaging != nested)
+                vm.SetNestedPaging(nested);
+            string tag = $"{paging}{attempt}";
+            string? trouble = RunBatch(vm, left, tag, deadline);
+            if (trouble is not null && vm.Stalled)
+            {
+                vm.Dispose();
+                vm = null;
+            }
+            left = left.Where(c => !_results!.ContainsKey(c.DisplayName)).ToList();
+            if (left.Count == 0)
+                return;
+            if (attempt >= Retries || DateTime.UtcNow >= deadline)
+            {
+                foreach (VmTestCase c in left)
+                    _results![c.DisplayName] = GuestResult.Failed($"not run in the test VM: {trouble ?? "its batch ended before it"} ({attempt + 1} batches)");
+                return;
+            }
+        }
+    }
+
+    /// <summary>One `dotnet test` of <paramref name="cases"/> in the guest. Records each result it got; the test a hang
+    /// ended fails with why. Returns what went wrong, or null when vstest ended on its own.</summary>
+    private static string? RunBatch(TestVm vm, List<VmTestCase> cases, string tag, DateTime deadline)
+    {
+        string assembly = typeof(GuestTestRun).Assembly.Location;
+        string filter = string.Join('|', cases.Select(c => $"FullyQualifiedName={c.TestMethod.TestClass.Class.Name}.{c.TestMethod.Method.Name}").Distinct());
+        string ci = Environment.GetEnvironmentVariable("CI") ?? "";
+        string started = Path.Combine(vm.Share, $"{tag}.started");
+        // vstest starts its test host in the guest, which takes a minute there; --blame-hang-timeout ends a test
+        // that hangs. No dumps: a full one of each dotnet process is ~300 MB, written over 9p for minutes.
+        string script = $"""
+            export HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+            export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 VSTEST_CONNECTION_TIMEOUT=900 CI='{ci}'
+            export {TestTime.ScaleVariable}={TestTime.GuestScale.ToString(CultureInfo.InvariantCulture)}
+            export {StartedVariable}=/run/vmhost/{tag}.started
+            cd '{Path.GetDirectoryName(assembly)}'
+            dotnet test '{assembly}' --filter '{filter}' --results-directory /run/vmhost/{tag} \
+              --logger 'trx;LogFileName={tag}.trx' --logger 'console;verbosity=normal' --blame-hang-timeout {(int)TestLimit.TotalMinutes}m --blame-hang-dump-type none
+            """;
+        int id = vm.NextCommand;
+        long lastSize = -1;
+        DateTime lastProgress = DateTime.UtcNow;
+        string? Stalled()
+        {
+            long size = vm.OutputSoFar(id).Length + (File.Exists(started) ? new FileInfo(started).Length : 0);
+            if (size != lastSize)
+                (lastSize, lastProgress) = (size, DateTime.UtcNow);
+            return DateTime.UtcNow - lastProgress > Stall ? $"no test ended or started in {Stall.TotalMinutes:0} minutes" : null;
+        }
+        string? trouble = null;
+        string output;
+        TimeSpan budget = deadline - DateTime.UtcNow;
+        try
+        {
+            (int code, output) = vm.Run(script, budget > TimeSpan.FromMinutes(1) ? budget : TimeSpan.FromMinutes(1), Stalled);
+            if (code != 0 && !File.Exists(Path.Combine(vm.Share, tag, $"{tag}.trx")))
+                trouble = $"dotnet test exited {code} and wrote no results:\n{Tail(output)}";
+        }
+        catch (TestVmStalled stall)
+        {
+            output = vm.OutputSoFar(id);
+            trouble = $"{stall.Message}; the guest's console ends:\n{stall.ConsoleTail}";
+        }
+        string trx = Path.Combine(vm.Share, tag, $"{tag}.trx");
+        var got = File.Exists(trx) ? ParseTrx(File.ReadAllText(trx), vm.Description).ToList() : ParseConsole(output, vm.Description).ToList();
+        foreach ((string test, GuestResult result) in got)
+            _results![test] = result;
+        // The test that was running when vstest's blame or the stall ended the batch: started, and no result.
+        string[] begun = File.Exists(started) ? File.ReadAllLines(started) : [];
+        if (begun.LastOrDefault(t => !_results!.ContainsKey(t)) is string hung && cases.Any(c => c.DisplayName == hung))
+        {
+            trouble ??= $"it ran past {TestLimit.TotalMinutes:0} minutes, and vstest's blame ended the batch:\n{Tail(output)}";
+            // A guest kernel that hangs or panics (it has, in QEMU's emulation of SVM, at random) gets the test that
+            // was running another try in a fresh boot, DeathRetries times; the same end once more is the test's.
+            int deaths = GuestDeaths[hung] = GuestDeaths.GetValueOrDefault(hung) + (vm.Stalled ? 1 : 0);
+            if (vm.Stalled && deaths <= DeathRetries)
+                Console.Error.WriteLine($"test VM: {hung} gets another try in a fresh boot: {trouble}");
+            else
+                _results![hung] = GuestResult.Failed($"in the test VM ({vm.Description}): {trouble}");
+        }
+        return trouble;
+    }
+
+    /// <summary>The results vstest's console logger printed ("  Passed NAME [2 s]", "  Failed NAME [1 m 3 s]" then its
+    /// "Error Message:" lines): what a batch that never finished its TRX file still tells.</summary>
+    public static IEnumerable<(string Test, GuestResult Result)> ParseConsole(string output, string where)
+    {
+        string[] lines = output.Split('\n');
+        for (int i = 0; i < lines.Length; i++)
+        {
+            Match m = ResultLine().Match(lines[i].TrimEnd('\r'));
+            if (!m.Success)
+                continue;
+            string said = $"[in the test VM: {where}]";
+            if (m.Groups[1].Value == "Passed")
+            {
+                yield return (m.Groups[2].Value, new GuestResult(null, null, null, 0, said));
+                continue;
+            }
+            var message = new List<string>();
+            for (int j = i + 1; j < lines.Length && !ResultLine().IsMatch(lines[j].TrimEnd('\r')) && !lines[j].StartsWith("  Stack Trace:", StringComparison.Ordinal); j++)
+            {
+                if (!lines[j].StartsWith("  Error Message:", StringComparison.Ordinal))
+                    message.Add(lines[j].Trim());
+            }
+            string text = string.Join('\n', message).Trim();
+            yield return (m.Groups[2].Value, m.Groups[1].Value == "Skipped"
+                ? new GuestResult(null, null, $"in the test VM ({where}): {text}", 0, said)
+                : new GuestResult($"in the test VM ({where}): {text}", null, null, 0, said));
+        }
+    }
+
+    [GeneratedRegex(@"^  (Passed|Failed|Skipped) (.+) \[[^\]]*\]$")]
+    private static partial Regex ResultLine();
+
+    /// <summary>TRX (Visual Studio's test results XML): UnitTestResult elements, each with testName (the display
+    /// name), outcome, duration, and Output with StdOut and ErrorInfo (Message, StackTrace).</summary>
+    public static IEnumerable<(string Test, GuestResult Result)> ParseTrx(string xml, string where)
+    {
+        XNamespace ns = "http://microsoft.com/schemas/VisualStudio/TeamTest/2010";
+        foreach (XElement r in XDocument.Parse(xml).Descendants(ns + "UnitTestResult"))
+        {
+            string test = (string?)r.Attribute("testName") ?? "";
+            string outcome = (string?)r.Attribute("outcome") ?? "";
+            decimal seconds = TimeSpan.TryParse((string?)r.Attribute("duration"), CultureInfo.InvariantCulture, out TimeSpan d) ? (decimal)d.TotalSeconds : 0;
+            XElement? output = r.Element(ns + "Output");
+            string stdout = output?.Element(ns + "StdOut")?.Value ?? "";
+            string? message = output?.Element(ns + "ErrorInfo")?.Element(ns + "Message")?.Value;
+            string? stack = output?.Element(ns + "ErrorInfo")?.Element(ns + "StackTrace")?.Value;
+            string said = $"[in the test VM: {where}]\n{stdout}";
+            yield return (test, outcome switch
+            {
+                "Passed" => new GuestResult(null, null, null, seconds, said),
+                "NotExecuted" => new GuestResult(null, null, $"in the test VM ({where}): {message ?? stdout}", seconds, said),
+                _ => new GuestResult($"in the test VM ({where}): {message ?? outcome}", stack, null, seconds, said),
+            });
+        }
+    }
+
+    private static string Tail(string s) => s.Length <= 6000 ? s : s[^6000..];
+}
