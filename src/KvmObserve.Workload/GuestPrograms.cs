@@ -7,7 +7,9 @@ namespace KvmObserve.Workload;
 internal static class GuestPrograms
 {
     public const ushort PioPort = 0x3f8;
-    public const uint MsrRead = 0x10, MsrWrite = 0xc0000102;
+    /// <summary>IA32_MISC_ENABLE: read, and written back as read, with no effect. Every KVM backend intercepts it both
+    /// ways (kvm_intel and kvm_amd pass MSRs such as KERNEL_GS_BASE through to the guest, which then never exit).</summary>
+    public const uint MsrReadWrite = 0x1a0;
     public const uint X2ApicEoi = 0x80b, X2ApicLvtTimer = 0x832, X2ApicTimerInitialCount = 0x838, X2ApicTimerDivide = 0x83e;
     public const uint CpuidLeaf = 0;
 
@@ -35,7 +37,7 @@ internal static class GuestPrograms
                 break;
             case LoadMode.Msr:
                 loop = a.Position;
-                a.MovEcx(MsrRead).Rdmsr().MovEcx(MsrWrite).XorEax().XorEdx().Wrmsr();
+                a.MovEcx(MsrReadWrite).Rdmsr().Wrmsr();
                 break;
             case LoadMode.Cpuid:
                 loop = a.Position;

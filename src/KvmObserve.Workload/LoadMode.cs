@@ -9,7 +9,7 @@ public enum LoadMode
     Pio = 1,
     /// <summary>Stores to 0xd0000000 (no memslot): kvm_mmio + kvm_userspace_exit (MMIO) each.</summary>
     Mmio = 2,
-    /// <summary>rdmsr 0x10 and wrmsr 0xc0000102 at CPL0: two kvm_msr each, handled in the kernel.</summary>
+    /// <summary>rdmsr 0x1a0 (IA32_MISC_ENABLE) and wrmsr of the value read, at CPL0: two kvm_msr each, handled in the kernel.</summary>
     Msr = 4,
     /// <summary>cpuid leaf 0 at CPL0: kvm_cpuid each.</summary>
     Cpuid = 8,

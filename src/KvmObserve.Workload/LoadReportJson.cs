@@ -6,8 +6,8 @@ namespace KvmObserve.Workload;
 /// The JSON `load` prints: exactly what was driven, per VM and vCPU.
 /// <code>
 /// {"vms":[{"name":"load-0","pid":123,"vcpus":[{"vcpu":0,"tid":124,"pio":{"0x3f8/out":1000},"mmio":{...},
-///   "msr":{"0x10/read":1000},"cpuid":{"0x0":1000},"userspace_exits":{"IO":1000,"MMIO":1},"halts":0,
-///   "interrupts":0,"pages_touched":0,"guest_steal_ns":0,
+///   "msr":{"0x1a0/read":1000},"cpuid":{"0x0":1000},"userspace_exits":{"IO":1000,"MMIO":1},"halts":0,
+///   "interrupts":0,"halt_kicks":0,"pages_touched":0,"guest_steal_ns":0,
 ///   "kernel_stats":{"halt_wakeup":0,...}}]}]} (kernel_stats: KVM's own counters; a histogram as its total count)
 /// </code>
 /// </summary>
@@ -32,6 +32,7 @@ public static class LoadReportJson
             w.WriteNumber("halts", v.Halts);
             WriteMap(w, "phase_ns", v.PhaseNs);
             w.WriteNumber("interrupts", v.Interrupts);
+            w.WriteNumber("halt_kicks", v.HaltKicks);
             w.WriteNumber("pages_touched", v.PagesTouched);
             w.WriteNumber("guest_steal_ns", v.GuestStealNs);
             WriteMap(w, "kernel_stats", v.KernelStats);

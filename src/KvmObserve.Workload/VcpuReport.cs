@@ -13,7 +13,7 @@ public sealed class VcpuReport
     /// <summary>"0xd0000000/write" → count (by 4 KiB page).</summary>
     public SortedDictionary<string, long> Mmio { get; } = new(StringComparer.Ordinal);
 
-    /// <summary>"0x10/read" → count.</summary>
+    /// <summary>"0x1a0/read" → count.</summary>
     public SortedDictionary<string, long> Msr { get; } = new(StringComparer.Ordinal);
 
     /// <summary>"0x0" → count.</summary>
@@ -27,6 +27,10 @@ public sealed class VcpuReport
 
     public long Halts { get; set; }
     public long Interrupts { get; set; }
+
+    /// <summary>Interrupts the VMM sent to wake a halt whose timer interrupt never came (counted in
+    /// <see cref="Interrupts"/> too; 0 on a healthy KVM).</summary>
+    public long HaltKicks { get; set; }
     /// <summary>Pages the guest touched at CPL3 in touch mode: its fresh data pages and its program's own page. Under
     /// shadow paging each one takes one kvm_mmu_set_spte.</summary>
     public long PagesTouched { get; set; }

@@ -19,6 +19,7 @@ public static class VmRunner
         var vcpus = new MicroVcpu[options.Vcpus];
         for (int i = 0; i < vcpus.Length; i++)
             vcpus[i] = new MicroVcpu(vm, i);
+        using HaltWatchdog? watchdog = options.Modes.HasFlag(LoadMode.Hlt) ? new HaltWatchdog(vm, vcpus.Length, options.TimerPeriodNs) : null;
 
         var report = new VmReport { Name = name, Pid = Environment.ProcessId };
         var threads = new Thread[vcpus.Length];
@@ -38,7 +39,7 @@ public static class VmRunner
                         Sys.PinCurrentThread(index % Environment.ProcessorCount);
                     reports[index] = new VcpuReport { Vcpu = index, Tid = Sys.Gettid() };
                     go.Wait();
-                    RunVcpu(vm, vcpus[index], options, touchSlice, reports[index], stopwatch);
+                    RunVcpu(vm, vcpus[index], options, touchSlice, reports[index], stopwatch, watchdog);
                 }
                 catch (Exception e)
                 {
@@ -62,7 +63,7 @@ public static class VmRunner
     }
 
     private static void RunVcpu(MicroVm vm, MicroVcpu vcpu, LoadOptions options, ulong touchSlice, VcpuReport report,
-        Stopwatch stopwatch)
+        Stopwatch stopwatch, HaltWatchdog? watchdog)
     {
         ulong touchBase = GuestLayout.TouchBase + (ulong)vcpu.Index * touchSlice;
         bool touchedOnce = false;
@@ -76,7 +77,9 @@ public static class VmRunner
                     continue; // pages are fresh only once
                 byte[] program = GuestPrograms.Build(mode, options.Count, touchBase, options.TimerPeriodNs);
                 long started = Stopwatch.GetTimestamp();
+                watchdog?.Halting(vcpu.Index, mode == LoadMode.Hlt);
                 vcpu.RunPhase(program, user: mode == LoadMode.Touch, report);
+                watchdog?.Halting(vcpu.Index, false);
                 VcpuReport.Add(report.PhaseNs, mode.ToString().ToLowerInvariant(), (long)Stopwatch.GetElapsedTime(started).TotalNanoseconds);
                 Account(mode, options.Count, report);
                 touchedOnce |= mode == LoadMode.Touch;
@@ -87,6 +90,7 @@ public static class VmRunner
             report.GuestStealNs = (long)vcpu.GuestStealNs;
         foreach ((string name, ulong value) in vcpu.KernelStats())
             report.KernelStats[name] = (long)value;
+        report.HaltKicks = watchdog?.Kicks(vcpu.Index) ?? 0;
         long interrupts = (long)vm.ReadGuestU64(GuestLayout.InterruptCounter(vcpu.Index));
         report.Interrupts = interrupts;
         if (interrupts > 0)
@@ -99,8 +103,8 @@ public static class VmRunner
         switch (mode)
         {
             case LoadMode.Msr:
-                VcpuReport.Add(report.Msr, Key(GuestPrograms.MsrRead, "read"), count);
-                VcpuReport.Add(report.Msr, Key(GuestPrograms.MsrWrite, "write"), count);
+                VcpuReport.Add(report.Msr, Key(GuestPrograms.MsrReadWrite, "read"), count);
+                VcpuReport.Add(report.Msr, Key(GuestPrograms.MsrReadWrite, "write"), count);
                 break;
             case LoadMode.Cpuid:
                 VcpuReport.Add(report.Cpuid, "0x" + GuestPrograms.CpuidLeaf.ToString("x", CultureInfo.InvariantCulture), count);
