@@ -93,36 +93,8 @@ public readonly struct AggregatingSink(Shard shard) : IKvmEventSink
             return;
         if (record.Vcpu >= 0)
             s.Vcpu = record.Vcpu;
-        bool paired = states.TryPairOrphan(ref s, out ThreadStates.Pair pair, out bool gap);
-        ulong ts = context.Timestamp;
-        DropStale(ref s, ts);
-        if (s.ExitTs == 0 || s.ExitTs < ts)
-        {
-            if (s.ExitTs != 0)
-                states.CountDropped(PairKind.Exit, PairDrop.Unmatched); // the waiting exit's entry never came
-            s.ExitTs = ts;
-            s.ExitReason = record.Reason;
-            s.ExitIsa = record.Isa;
-            s.ExitCpu = context.Cpu;
-            s.ExitLossGeneration = states.LossGeneration(context.Cpu);
-            s.ExitGlobalLossGeneration = states.GlobalLossGeneration;
-        }
-        else if (s.OrphanEntryTs > ts && s.OlderTs == 0)
-        {
-            // Older than the exit waiting, read late from a CPU behind the others: it may end at the orphan entry.
-            s.OlderTs = ts;
-            s.OlderReason = record.Reason;
-            s.OlderIsa = record.Isa;
-            s.OlderCpu = context.Cpu;
-            s.OlderGlobalLossGeneration = states.GlobalLossGeneration;
-        }
-        else
-        {
-            states.CountDropped(PairKind.Exit, PairDrop.Unmatched);
-        }
+        Pend(ref s, Half(in context, isExit: true, record.Reason, record.Isa));
         ThreadStates.Unlock(ref s);
-        if (paired)
-            Record(pair, gap);
     }
 
     public void OnEntry(in EventContext context, in EntryRecord record)
@@ -137,69 +109,34 @@ public readonly struct AggregatingSink(Shard shard) : IKvmEventSink
             return;
         if (record.Vcpu >= 0)
             s.Vcpu = record.Vcpu;
-        bool pairedOrphan = states.TryPairOrphan(ref s, out ThreadStates.Pair orphanPair, out bool orphanGap);
-        ulong ts = context.Timestamp;
-        DropStale(ref s, ts);
-        ThreadStates.Pair pair = default;
-        bool paired = false, gap = false;
-        // The waiting exit ends here if it was on this CPU, or if its CPU has been read past this entry (no entry of
-        // the thread can still come between them).
-        if (s.ExitTs != 0 && s.ExitTs <= ts && (s.ExitCpu == context.Cpu || states.Watermark(s.ExitCpu) >= ts))
-        {
-            gap = s.ExitCpu == context.Cpu
-                ? states.LossGeneration(context.Cpu) != s.ExitLossGeneration
-                : states.GlobalLossGeneration != s.ExitGlobalLossGeneration;
-            pair = new ThreadStates.Pair(context.Tid, s.ExitReason, s.ExitIsa, ts - s.ExitTs);
-            paired = true;
-            s.ExitTs = 0;
-        }
-        else if (s.OlderTs != 0 && s.OlderTs <= ts && (s.OlderCpu == context.Cpu || states.Watermark(s.OlderCpu) >= ts))
-        {
-            gap = states.GlobalLossGeneration != s.OlderGlobalLossGeneration;
-            pair = new ThreadStates.Pair(context.Tid, s.OlderReason, s.OlderIsa, ts - s.OlderTs);
-            paired = true;
-            s.OlderTs = 0;
-        }
-        else
-        {
-            // No exit to end yet: it is in a ring read behind this one (paired later), was lost, or came before the agent.
-            if (s.OrphanEntryTs != 0)
-                states.CountDropped(PairKind.Exit, PairDrop.Unmatched);
-            s.OrphanEntryTs = ts;
-            s.OrphanCpu = context.Cpu;
-            s.OrphanGlobalLossGeneration = states.GlobalLossGeneration;
-        }
+        Pend(ref s, Half(in context, isExit: false, 0, 0));
         ThreadStates.Unlock(ref s);
-        if (pairedOrphan)
-            Record(orphanPair, orphanGap);
-        if (paired)
-            Record(pair, gap);
     }
 
-    /// <summary>Under the slot's lock: an exit or orphan entry older than the horizon beside a newer record ended long
-    /// ago without its other half.</summary>
-    private void DropStale(ref ThreadStates.Slot s, ulong ts)
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private ExitHalf Half(in EventContext c, bool isExit, uint reason, uint isa) => new()
     {
-        if (s.OrphanEntryTs != 0 && s.OrphanEntryTs + ThreadStates.HorizonNs < ts)
-        {
-            s.OrphanEntryTs = 0;
-            Shard.States.CountDropped(PairKind.Exit, PairDrop.Unmatched);
-        }
-        if (s.OlderTs != 0 && s.OlderTs + ThreadStates.HorizonNs < ts)
-        {
-            s.OlderTs = 0;
-            Shard.States.CountDropped(PairKind.Exit, PairDrop.Unmatched);
-        }
+        Ts = c.Timestamp, Reason = reason, Isa = (byte)isa, Cpu = (ushort)c.Cpu, IsExit = isExit ? (byte)1 : (byte)0,
+        CpuLossGeneration = (int)Shard.States.LossGeneration(c.Cpu), GlobalLossGeneration = (int)Shard.States.GlobalLossGeneration,
+    };
+
+    /// <summary>Under the slot's lock: the half joins the thread's pending halves, and whatever every CPU has been read
+    /// past is paired (see <see cref="ExitPairing"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void Pend(ref ThreadStates.Slot s, in ExitHalf half)
+    {
+        PendingHalves pending = s.Pending ??= new PendingHalves();
+        var sink = new ShardPairSink(this);
+        if (pending.Full)
+            ExitPairing.Resolve(ref s, pending, 0, ref sink);
+        pending.Insert(in half);
+        ExitPairing.Resolve(ref s, pending, Shard.States.ReadTo, ref sink);
     }
 
-    private void Record(in ThreadStates.Pair pair, bool gap)
+    private readonly struct ShardPairSink(AggregatingSink owner) : IPairSink
     {
-        if (gap)
-            Shard.States.CountDropped(PairKind.Exit, PairDrop.Gap);
-        else if (pair.Ns > ThreadStates.HorizonNs)
-            Shard.States.CountDropped(PairKind.Exit, PairDrop.Unmatched);
-        else
-            Observe(MetricFamily.ExitLatency, pair.Tid, pair.Reason, pair.Isa, pair.Ns);
+        public void Pair(int tid, uint reason, uint isa, ulong ns) => owner.Observe(MetricFamily.ExitLatency, tid, reason, isa, ns);
+        public void Drop(PairDrop why) => owner.Shard.States.CountDropped(PairKind.Exit, why);
     }
 
     public void OnUserspaceExit(in EventContext context, in UserspaceExitRecord record)

@@ -45,7 +45,7 @@ public sealed class Aggregator
         States = new ThreadStates(Options.Threads, shardCount);
         _shards = new Shard[shardCount];
         for (int i = 0; i < shardCount; i++)
-            _shards[i] = new Shard(i, Options.ShardSeries, NewSeries, States);
+            _shards[i] = new Shard(i, Options.ShardSeries, NewSeries, States) { Registry = registry };
         _resolvedVersion = new int[shardCount];
         _store = new SeriesStore(Options.FamilyLimit, Options.TopK);
         Registry = registry;
@@ -125,8 +125,8 @@ public sealed class Aggregator
         States.ReleaseStaleHalts(ThreadStates.MonotonicNow(), 2_000_000_000);
         foreach (ThreadStates.Released released in States.TakeReleasedHalts())
             AddHeld(released, now);
-        // Exits whose entries were read first from another CPU, paired now that their own CPU has been read further.
-        foreach (ThreadStates.Pair pair in States.PairOrphans())
+        // Exits and entries read out of order around a migration, paired now that their CPUs have been read further.
+        foreach (ThreadStates.Pair pair in States.ResolvePending())
         {
             string vm = (Registry.TryResolve(pair.Tid, now, wait: false) ?? new ThreadIdentity(VmInfo.Unknown, -1)).Vm.Name;
             int bucket = LatencyBuckets.Index(pair.Ns);

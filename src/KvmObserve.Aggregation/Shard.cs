@@ -34,6 +34,30 @@ public sealed class Shard
     /// compact <see cref="Series"/>. Uncontended but for that.</summary>
     public object Gate { get; } = new();
 
+    /// <summary>Told the process of each thread this shard's writer sees (null for a shard of no aggregator).</summary>
+    public Discovery.VmRegistry? Registry { get; init; }
+
+    private readonly HashSet<int> _notedTids = new();
+    private int _lastNotedTid;
+
+    /// <summary>Tells the registry that <paramref name="tid"/> is of process <paramref name="tgid"/>, where a record
+    /// says so (<see cref="Discovery.VmRegistry.NoteProcess"/>): once per thread, so a record of the thread seen last
+    /// costs one compare.</summary>
+    public void NoteProcess(int tid, int tgid)
+    {
+        if (tid == _lastNotedTid || Registry is null)
+            return;
+        _lastNotedTid = tid;
+        if (_notedTids.Count >= 65_536) // a host's threads over years: forget, and tell again
+            _notedTids.Clear();
+        if (_notedTids.Add(tid))
+            Registry.NoteProcess(tid, tgid);
+    }
+
+    /// <summary>Tells the registry that thread <paramref name="creator"/> created thread <paramref name="tid"/> in its
+    /// own process (<see cref="Discovery.VmRegistry.NoteThreadCreated"/>).</summary>
+    public void NoteThreadCreated(int tid, int creator) => Registry?.NoteThreadCreated(tid, creator);
+
     /// <summary>The writer's last thread-state slot: consecutive records of one thread skip the lookup.</summary>
     internal int StateCache = -1;
 
@@ -60,9 +84,12 @@ public sealed class Shard
 
     public void CountDecodeError(KvmEventKind kind) => _decodeErrorsByKind[(int)kind]++;
 
-    public void CountLost(ulong count, bool exact)
+    /// <summary>Counts <paramref name="count"/> lost events; <paramref name="gap"/> false when the gap they left
+    /// in this CPU's records was already noted (<see cref="ThreadStates.NoteLoss"/>) as the reader met it.</summary>
+    public void CountLost(ulong count, bool exact, bool gap = true)
     {
-        States.NoteLoss(Cpu);
+        if (gap)
+            States.NoteLoss(Cpu);
         _lostEvents += (long)count;
         if (!exact)
             _lostUncounted++;

@@ -26,6 +26,7 @@ public sealed class ThreadStates
     private readonly long[] _dropped = new long[4];
 
     /// <summary>Per CPU, the newest trace time its reader has handled; 16 longs apart so readers do not share lines.</summary>
+    /// <summary>Per CPU: [0] its watermark, [1] 1 once it is read.</summary>
     private readonly long[] _watermarks;
     private const int WatermarkStride = 16;
 
@@ -44,7 +45,51 @@ public sealed class ThreadStates
     {
         int i = cpu * WatermarkStride;
         if ((uint)i < (uint)_watermarks.Length)
+        {
             Volatile.Write(ref _watermarks[i], (long)ts);
+            if (_watermarks[i + 1] == 0)
+                Reads(cpu);
+        }
+    }
+
+    /// <summary>The reader of <paramref name="cpu"/> has drained its ring (everything before <paramref name="ts"/>):
+    /// besides <see cref="Advance"/>, how far every CPU has been read is worked out again for the hot path.</summary>
+    public void CaughtUp(int cpu, ulong ts)
+    {
+        Advance(cpu, ts);
+        ulong all = ReadEverywhere();
+        if (all > (ulong)Volatile.Read(ref _readTo))
+            Volatile.Write(ref _readTo, (long)all);
+    }
+
+    private long _readTo;
+
+    /// <summary>How far every CPU had been read when a reader last caught up (see <see cref="CaughtUp"/>).</summary>
+    internal ulong ReadTo => (ulong)Volatile.Read(ref _readTo);
+
+    /// <summary>A reader of <paramref name="cpu"/> exists: until it has read up to a time, no pair across that time is
+    /// closed for want of what this CPU may still hold. (A CPU that has advanced is counted in anyway.)</summary>
+    public void Reads(int cpu)
+    {
+        int i = cpu * WatermarkStride;
+        if ((uint)i >= (uint)_watermarks.Length || Interlocked.Exchange(ref _watermarks[i + 1], 1) == 1)
+            return;
+        lock (_readCpus)
+            _readCpus.Add(cpu);
+        _readCpusArray = [.. _readCpus];
+    }
+
+    private readonly List<int> _readCpus = new();
+    private volatile int[] _readCpusArray = [];
+
+    /// <summary>How far every CPU that is read has been read (trace time): no record older than this is still to come.
+    /// ulong.MaxValue where no CPU is read.</summary>
+    internal ulong ReadEverywhere()
+    {
+        ulong min = ulong.MaxValue;
+        foreach (int cpu in _readCpusArray)
+            min = Math.Min(min, (ulong)Volatile.Read(ref _watermarks[cpu * WatermarkStride]));
+        return min;
     }
 
     /// <summary>CLOCK_MONOTONIC in ns (Stopwatch's clock on Linux): the trace clock the sources ask the kernel for.</summary>
@@ -72,37 +117,6 @@ public sealed class ThreadStates
 
     /// <summary>A kvm_exit and the kvm_entry that ended its handling: what the pairing produced.</summary>
     internal readonly record struct Pair(int Tid, uint Reason, uint Isa, ulong Ns);
-
-    /// <summary>
-    /// Pairs, under the slot's lock, a waiting exit with an entry that was read first (the thread moved to another CPU
-    /// while KVM handled the exit, and that CPU was read ahead): once the exit's CPU has been read past the entry, no
-    /// other entry can come between them. Returns false when there is nothing (yet) to pair.
-    /// </summary>
-    internal bool TryPairOrphan(ref Slot s, out Pair pair, out bool gap)
-    {
-        pair = default;
-        gap = false;
-        ulong o = s.OrphanEntryTs;
-        if (o == 0)
-            return false;
-        if (s.OlderTs != 0 && s.OlderTs <= o && Watermark(s.OlderCpu) >= o)
-        {
-            gap = GlobalLossGeneration != s.OlderGlobalLossGeneration;
-            pair = new Pair(s.Tid, s.OlderReason, s.OlderIsa, o - s.OlderTs);
-            s.OlderTs = 0;
-            s.OrphanEntryTs = 0;
-            return true;
-        }
-        if (s.ExitTs != 0 && s.ExitTs <= o && Watermark(s.ExitCpu) >= o)
-        {
-            gap = GlobalLossGeneration != s.ExitGlobalLossGeneration;
-            pair = new Pair(s.Tid, s.ExitReason, s.ExitIsa, o - s.ExitTs);
-            s.ExitTs = 0;
-            s.OrphanEntryTs = 0;
-            return true;
-        }
-        return false;
-    }
 
     /// <summary>Held halts whose window became known outside the hot path (a seeded vCPU), or that waited for it too
     /// long: for the aggregator to count at its next fold, with the window they started with (-1: unknown).</summary>
@@ -132,26 +146,29 @@ public sealed class ThreadStates
             yield return r;
     }
 
-    /// <summary>Pairs what <see cref="TryPairOrphan"/> could not when it last looked, for threads that have had no
-    /// record since (the aggregator calls it at each fold).</summary>
-    internal List<Pair> PairOrphans()
+    /// <summary>Resolves the pending exits and entries of threads that have had no record since their CPUs were read
+    /// further (the aggregator calls it at each fold); returns the pairs, counts the drops.</summary>
+    internal List<Pair> ResolvePending()
     {
-        var pairs = new List<Pair>();
+        var sink = new ListPairSink(this);
+        ulong readTo = ReadEverywhere();
         for (int i = 0; i < _slots.Length; i++)
         {
-            if (Volatile.Read(ref _slots[i].Tid) <= 0 || Volatile.Read(ref _slots[i].OrphanEntryTs) == 0)
+            if (Volatile.Read(ref _slots[i].Tid) <= 0 || _slots[i].Pending is not { Count: > 1 })
                 continue;
             ref Slot s = ref Lock(i);
-            if (s.Tid > 0 && TryPairOrphan(ref s, out Pair pair, out bool gap))
-            {
-                if (gap)
-                    CountDropped(PairKind.Exit, PairDrop.Gap);
-                else
-                    pairs.Add(pair);
-            }
+            if (s.Tid > 0 && s.Pending is { Count: > 1 } pending)
+                ExitPairing.Resolve(ref s, pending, readTo, ref sink);
             Unlock(ref s);
         }
-        return pairs;
+        return sink.Pairs;
+    }
+
+    private readonly struct ListPairSink(ThreadStates states) : IPairSink
+    {
+        public List<Pair> Pairs { get; } = new();
+        public void Pair(int tid, uint reason, uint isa, ulong ns) => Pairs.Add(new Pair(tid, reason, isa, ns));
+        public void Drop(PairDrop why) => states.CountDropped(PairKind.Exit, why);
     }
 
     /// <summary>Records that found no free slot (their pairing and halt state were skipped).</summary>
@@ -405,25 +422,8 @@ public sealed class ThreadStates
         /// <summary>From the vcpu_id of the thread's records, -1 until one names it.</summary>
         public int Vcpu;
 
-        // The kvm_exit waiting for its kvm_entry (ExitTs 0: none).
-        public ulong ExitTs;
-        public uint ExitReason;
-        public uint ExitIsa;
-        public int ExitCpu;
-        public long ExitLossGeneration;
-        public long ExitGlobalLossGeneration;
-
-        // An exit older than ExitTs that arrived after it (its CPU was read behind) and may end at the orphan entry.
-        public ulong OlderTs;
-        public uint OlderReason;
-        public uint OlderIsa;
-        public int OlderCpu;
-        public long OlderGlobalLossGeneration;
-
-        /// <summary>A kvm_entry read before the kvm_exit it ends (that exit's CPU is read behind), 0: none.</summary>
-        public ulong OrphanEntryTs;
-        public int OrphanCpu;
-        public long OrphanGlobalLossGeneration;
+        /// <summary>The thread's exits and entries not yet paired (see <see cref="ExitPairing"/>); null until its first.</summary>
+        public PendingHalves? Pending;
 
         // The kvm_userspace_exit waiting for the thread's next record (UserTs 0: none).
         public ulong UserTs;
@@ -447,9 +447,7 @@ public sealed class ThreadStates
         public void Reset()
         {
             Vcpu = -1;
-            ExitTs = 0;
-            OlderTs = 0;
-            OrphanEntryTs = 0;
+            Pending?.Clear();
             UserTs = 0;
             PollNs = -1;
             PollAtHalt = -1;

@@ -19,6 +19,7 @@ public class DecodeAggregateBenchmark
     private KvmEventDecoders _decoders = null!;
     private Shard _shard = null!;
     private PageHeaderFormat _layout;
+    private ulong _span, _end;
 
     public int EventsPerIteration { get; private set; }
 
@@ -32,16 +33,21 @@ public class DecodeAggregateBenchmark
         _shard = new Shard(0, 20_000);
         (_pages, int events) = EventMix.Pages(formats, _layout, Pages);
         EventsPerIteration = events;
+        _span = EventMix.Span(_pages, _layout);
         Console.WriteLine($"// {events} events in {Pages} pages ({events / (double)Pages:F1} per page)");
     }
 
     [Benchmark(OperationsPerInvoke = 1)]
     public int DecodeAndAggregatePages()
     {
+        // A reader's drain: new records each time (the pages moved later), then "caught up", which closes the pairs.
+        EventMix.Shift(_pages, _layout, _span);
+        _end += _span;
         var handler = new RecordHandler(_decoders, _shard);
         int records = 0;
         foreach (byte[] page in _pages)
             records += RingBufferPageReader.ReadPage(page, _layout, ref handler);
+        _shard.States.CaughtUp(0, _end + 1_000_000);
         return records;
     }
 }

@@ -47,6 +47,61 @@ public sealed class DiscoveryTests : IDisposable
         return (who.Vm.Name, who.Vcpu);
     }
 
+    /// <summary>A VM learnt at its creation whose vCPU threads came and went before anything looked at procfs: the
+    /// process a record named is enough. A thread no record named stays unknown.</summary>
+    [Fact]
+    public void A_thread_gone_before_it_was_named_goes_to_the_vm_its_records_named()
+    {
+        _proc.Vm(700, "dotnet", "dotnet\0kvmobserve.dll\0load\0--vm-child\0--name\0short-1\0");
+        var registry = new VmRegistry(_proc.Root);
+        Assert.Equal("short-1", registry.Learn(700)!.Name);
+        _proc.Thread(700, 701, "vcpu-0");
+        _proc.Thread(700, 702, "vcpu-1");
+        registry.NoteProcess(701, 700);
+        _proc.Exit(700);
+
+        Assert.Equal(("short-1", -1), Who(registry, 701));
+        Assert.Equal(("unknown", -1), Who(registry, 702));
+    }
+
+    /// <summary>A thread gone from a VM that still runs, named by its record's process, though no scan saw the VM.</summary>
+    [Fact]
+    public void A_gone_thread_of_a_running_vm_no_scan_saw_is_given_to_it()
+    {
+        _proc.Vm(800, "qemu-system-x86", "/usr/bin/qemu-system-x86_64\0-name\0guest=late\0");
+        var registry = new VmRegistry(_proc.Root);
+        registry.NoteProcess(801, 800); // 801 exited before anything read procfs
+        Assert.Equal(("late", -1), Who(registry, 801));
+    }
+
+    /// <summary>tracefs records name no process: a gone thread is given to the process of the thread that created it,
+    /// followed through threads that created threads, up to one the registry knows or that still runs.</summary>
+    [Fact]
+    public void A_gone_thread_goes_to_the_process_of_the_threads_that_created_it()
+    {
+        _proc.Vm(900, "dotnet", "dotnet\0kvmobserve.dll\0load\0--vm-child\0--name\0chain\0");
+        _proc.Vm(950, "bash", "bash\0", vmFd: false);
+        var registry = new VmRegistry(_proc.Root);
+        registry.Learn(900);
+        registry.NoteThreadCreated(901, 900); // the main thread made a worker
+        registry.NoteThreadCreated(902, 901); // which made the vCPU thread
+        registry.NoteThreadCreated(951, 950); // a thread of a process that still runs, unseen so far
+        _proc.Exit(900);
+
+        Assert.Equal(("chain", -1), Who(registry, 902));
+        Assert.Equal(("chain", -1), Who(registry, 901));
+        Assert.Equal(("bash-950", -1), Who(registry, 951));
+    }
+
+    [Theory]
+    [InlineData("change@/devices/virtual/misc/kvm\0ACTION=change\0DEVPATH=/devices/virtual/misc/kvm\0SUBSYSTEM=misc\0CREATED=3\0COUNT=1\0EVENT=create\0PID=4242\0STATS_PATH=/sys/kernel/debug/kvm/4242-11\0", 4242)]
+    [InlineData("change@/devices/virtual/misc/kvm\0ACTION=change\0DEVPATH=/devices/virtual/misc/kvm\0SUBSYSTEM=misc\0CREATED=3\0COUNT=0\0EVENT=destroy\0PID=4242\0", null)]
+    [InlineData("add@/devices/virtual/net/tap0\0ACTION=add\0DEVPATH=/devices/virtual/net/tap0\0EVENT=create\0PID=7\0", null)]
+    [InlineData("change@/devices/virtual/misc/kvm\0DEVPATH=/devices/virtual/misc/kvm\0EVENT=create\0PID=x\0", null)]
+    [InlineData("", null)]
+    public void A_vm_creation_uevent_gives_its_process(string message, int? pid) =>
+        Assert.Equal(pid, KvmObserve.Native.Kvm.KvmUevents.TryParseCreated(System.Text.Encoding.ASCII.GetBytes(message)));
+
     [Theory]
     [InlineData("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod5f3e8a2c_1b2d_4e6f_8a9b_0c1d2e3f4a5b.slice/cri-containerd-0a1b2c.scope\n",
         "5f3e8a2c-1b2d-4e6f-8a9b-0c1d2e3f4a5b")]

@@ -20,7 +20,25 @@ public static class EventMix
         ["kvm:kvm_msr"] = load("kvm_msr.format"),
     };
 
+    /// <summary>Moves every page <paramref name="by"/> ns later (their header timestamps; records are deltas from
+    /// them): the same pages read again are new records, as a reader's next drain would find. Returns the last record's
+    /// time as moved, for the reader's "caught up to here".</summary>
+    public static void Shift(byte[][] pages, PageHeaderFormat layout, ulong by)
+    {
+        foreach (byte[] page in pages)
+        {
+            Span<byte> stamp = page.AsSpan(layout.TimestampOffset, 8);
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(stamp,
+                System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(stamp) + by);
+        }
+    }
+
     /// <summary><paramref name="count"/> full pages (seeded, so always the same) and the records in them.</summary>
+    /// <summary>Time from the first page's start to after the last record, as <see cref="Pages"/> makes them.</summary>
+    public static ulong Span(byte[][] pages, PageHeaderFormat layout) =>
+        System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(pages[^1].AsSpan(layout.TimestampOffset)) + 1_000_000
+        - System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(pages[0].AsSpan(layout.TimestampOffset));
+
     public static (byte[][] Pages, int Events) Pages(IReadOnlyDictionary<string, EventFormat> formats, PageHeaderFormat layout, int count)
     {
         var random = new Random(7);

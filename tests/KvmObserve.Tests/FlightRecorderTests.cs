@@ -129,6 +129,8 @@ public sealed class FlightRecorderTests : IDisposable
             List<(ulong, byte[])> cpu0 = Stream(0, now - 1_000_000_000, 3_000), cpu1 = Stream(1, now - 900_000_000, 2_000);
             Read(0, cpu0);
             Read(1, cpu1);
+            _aggregator.States.CaughtUp(0, now + 1_000_000_000); // both readers found nothing more
+            _aggregator.States.CaughtUp(1, now + 1_000_000_000);
             read = cpu0.Count + cpu1.Count;
             recorder.OnSchedstat(Vcpu0, 4_000_000_000, 1_500_000_000);
             recorder.OnSchedstat(Vcpu1, 3_000_000_000, 250_000_000);

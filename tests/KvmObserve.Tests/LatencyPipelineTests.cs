@@ -40,6 +40,8 @@ public sealed class LatencyPipelineTests : IDisposable
         _decoders = new KvmEventDecoders(tp => _formats.GetValueOrDefault(tp.FullName));
         var registry = new VmRegistry(_proc.Root);
         _aggregator = new Aggregator(2, registry);
+        _aggregator.States.Reads(0); // as each CPU's reader does when it starts
+        _aggregator.States.Reads(1);
         registry.Scan();
     }
 
@@ -88,7 +90,7 @@ public sealed class LatencyPipelineTests : IDisposable
         byte[] cpu0 = Page(null,
             (1_000, Exit(Cpu0Thread, IoInstruction, 0)), (1_400, Entry(Cpu0Thread, 0)),   // 400 ns, same CPU
             (2_000, Exit(Cpu0Thread, IoInstruction, 0)));                                 // ends on CPU 1
-        byte[] cpu0Later = Page(null, (900_000, Pio(Vm)));                               // CPU 0 read past 5000
+        byte[] cpu0Later = Page(null, (3_000_000_000, Pio(Vm)));                         // CPU 0 read past them all
         byte[] cpu1 = Page(null,
             (1_500, Exit(Cpu1Thread, Hlt, 1)),
             (5_000, Entry(Cpu0Thread, 0)),                                                // 3000 ns after 2000
@@ -143,6 +145,7 @@ public sealed class LatencyPipelineTests : IDisposable
         byte[] after = Page(missed: 3, (9_000, Entry(Cpu0Thread, 0)),
             (10_000, Exit(Cpu0Thread, IoInstruction, 0)), (10_300, Entry(Cpu0Thread, 0)));
         Read(0, before, after);
+        _aggregator.States.CaughtUp(1, 20_000); // CPU 1's reader found nothing up to then
 
         Histogram io = Histogram(MetricFamily.ExitLatency, IoInstruction);
         Assert.Equal(1, io.Count);      // only 10000 -> 10300
@@ -159,9 +162,50 @@ public sealed class LatencyPipelineTests : IDisposable
         byte[] page = Page(null, (1_000, Exit(Cpu0Thread, IoInstruction, 0)),
             (2_000, Exit(Cpu0Thread, EptViolation, 0)), (2_600, Entry(Cpu0Thread, 0)));
         Read(0, page);
+        // CPU 1 may still hold the entry (the thread may have run there between 1000 and 2000) until it is read.
+        Assert.DoesNotContain(_aggregator.Snapshot(), s => s.Family == MetricFamily.ExitLatency);
+        Assert.Equal(0, _aggregator.States.PairsDropped(PairKind.Exit, PairDrop.Unmatched));
+        Read(1, Page(null, (3_000, Pio(Vm))));
         Assert.Equal(1, Histogram(MetricFamily.ExitLatency, EptViolation).Buckets[2]); // 600 ns: (500, 1000]
         Assert.DoesNotContain(_aggregator.Snapshot(), s => s.Family == MetricFamily.ExitLatency && s.Label1 == IoInstruction);
         Assert.Equal(1, _aggregator.States.PairsDropped(PairKind.Exit, PairDrop.Unmatched));
+    }
+
+    /// <summary>A thread that moves between CPUs every few exits, its CPUs read in turn long after: every exit is paired
+    /// with the entry that followed it in time, none dropped, whatever the order the rings are read in.</summary>
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    public void A_thread_moving_often_between_cpus_read_far_apart_has_every_exit_paired(int firstRead)
+    {
+        // Exit k at 10,000k, its entry (100 + k % 7) ns later; the thread moves to the other CPU after every third
+        // exit, while it handles it: that exit's entry is on the other CPU.
+        var records = new List<(ulong Ts, byte[] Payload)>[2] { new(), new() };
+        int cpu = 0;
+        long expectedSum = 0;
+        const int Exits = 600;
+        for (int k = 1; k <= Exits; k++)
+        {
+            ulong exitTs = (ulong)k * 10_000, latency = 100 + (ulong)(k % 7);
+            records[cpu].Add((exitTs, Exit(Cpu0Thread, IoInstruction, 0)));
+            if (k % 3 == 0)
+                cpu ^= 1;
+            records[cpu].Add((exitTs + latency, Entry(Cpu0Thread, 0)));
+            expectedSum += (long)latency;
+        }
+        // Each CPU's records in pages of 50, all of one CPU read before the other's.
+        foreach (int c in new[] { firstRead, firstRead ^ 1 })
+        {
+            foreach ((ulong Ts, byte[] Payload)[] chunk in records[c].Chunk(50))
+                Read(c, Page(null, chunk));
+        }
+        Read(0, Page(null, (10_000_000, Pio(Vm)))); // both read past the last entry
+        Read(1, Page(null, (10_000_000, Pio(Vm))));
+        Histogram io = Histogram(MetricFamily.ExitLatency, IoInstruction);
+        Assert.Equal(Exits, io.Count);
+        Assert.Equal(expectedSum, io.SumNs);
+        Assert.Equal(0, _aggregator.States.PairsDropped(PairKind.Exit, PairDrop.Unmatched));
+        Assert.Equal(0, _aggregator.States.PairsDropped(PairKind.Exit, PairDrop.Gap));
     }
 
     [Fact]

@@ -31,13 +31,18 @@ public sealed class ZeroAllocationTests
         var shard = new Shard(0, 20_000);
         PageHeaderFormat layout = Fixture.PageHeader;
         (byte[][] pages, int events) = EventMix.Pages(formats, layout, 64);
+        ulong span = EventMix.Span(pages, layout), end = 0;
 
+        // One drain of a reader: the pages, later each time (as new records), then "caught up" (pairs close).
         int Pass()
         {
+            EventMix.Shift(pages, layout, span);
+            end += span;
             var handler = new RecordHandler(decoders, shard);
             int n = 0;
             foreach (byte[] page in pages)
                 n += RingBufferPageReader.ReadPage(page, layout, ref handler);
+            shard.States.CaughtUp(0, end + 1_000_000);
             return n;
         }
 
@@ -76,6 +81,9 @@ public sealed class ZeroAllocationTests
         Assert.Equal(0, Enum.GetValues<KvmEventKind>().Sum(k => shard.DecodeErrorsOf(k)));
         Assert.Equal(0, shard.CorruptPages);
         Assert.True(shard.EventsOf(KvmEventKind.Exit) > 400_000);
+        // The exits and entries went through the pairing (the mix pairs them at random, so some are unmatched).
+        Assert.True(shard.States.PairsDropped(PairKind.Exit, PairDrop.Unmatched) < shard.EventsOf(KvmEventKind.Exit));
+        Assert.Equal(0, shard.States.PairsDropped(PairKind.Exit, PairDrop.Gap));
     }
 
     /// <summary>Runs <paramref name="pass"/> until the JIT has compiled nothing more for a quarter second (tier-1

@@ -151,7 +151,8 @@ public sealed class VmRegistry
             return ([], false);
         lock (_gate)
         {
-            if (!fresh && _vcpuFds.TryGetValue(vm.Pid, out var known) && known.Threads == threads && known.NewestTid == newest && known.Fds == fds)
+            // fds is 0 before Linux 6.2 (no count of open fds): then nothing tells of a new fd, and each call walks.
+            if (!fresh && fds > 0 && _vcpuFds.TryGetValue(vm.Pid, out var known) && known.Threads == threads && known.NewestTid == newest && known.Fds == fds)
                 return (known.Vcpus, known.HoldsVm); // the same array while nothing changed: callers may compare references
         }
         if (!ProcessAlive(vm))
@@ -212,6 +213,8 @@ public sealed class VmRegistry
                 {
                     _threads.Remove(tid);
                     _vcpuProbedAt.Remove(tid);
+                    _processOf.Remove(tid);
+                    _creatorOf.Remove(tid);
                     tids.Add(tid);
                 }
                 if (!_vmsByPid.Values.Any(v => v.Name == vm.Name) && !names.Contains(vm.Name))
@@ -221,6 +224,8 @@ public sealed class VmRegistry
             {
                 _goneAt.Remove(tid);
                 _threads.Remove(tid);
+                _processOf.Remove(tid);
+                _creatorOf.Remove(tid);
                 tids.Add(tid);
             }
         }
@@ -371,7 +376,7 @@ public sealed class VmRegistry
     {
         string? status = ReadText(Path.Combine(_procRoot, tid.ToString(CultureInfo.InvariantCulture), "status"));
         if (status is null || ProcfsParsers.ParseTgid(status) is not int tgid)
-            return null;
+            return GoneThread(tid);
         VmInfo? vm = VmFor(tgid);
         if (vm is null)
             return null;
@@ -382,6 +387,85 @@ public sealed class VmRegistry
             FreshVmThread?.Invoke(tid);
         return new ThreadIdentity(vm, vcpu);
     }
+
+    /// <summary>A thread that has exited: its VM if that was seen and something tells which process the thread was of
+    /// (a record's process, <see cref="NoteProcess"/>; or the thread that created it, <see cref="NoteThreadCreated"/>,
+    /// followed up to one that is known or still runs), else null. Its vCPU then comes from its records.</summary>
+    private ThreadIdentity? GoneThread(int tid)
+    {
+        int tgid = -1, last = tid;
+        lock (_gate)
+        {
+            for (int t = tid, hops = 0; hops < 32; hops++)
+            {
+                last = t;
+                if (_processOf.TryGetValue(t, out int p))
+                    tgid = p;
+                else if (_vmsByPid.ContainsKey(t))
+                    tgid = t; // a process's first thread
+                else if (t != tid && _threads.TryGetValue(t, out ThreadIdentity? known) && known.Vm.Pid != 0)
+                    tgid = known.Vm.Pid;
+                if (tgid > 0 || !_creatorOf.TryGetValue(t, out t))
+                    break;
+            }
+        }
+        if (tgid <= 0 && last != tid) // the chain ends at a creator no one knows yet: it may still run
+        {
+            string? status = ReadText(Path.Combine(_procRoot, last.ToString(CultureInfo.InvariantCulture), "status"));
+            tgid = status is null ? -1 : ProcfsParsers.ParseTgid(status) ?? -1;
+        }
+        if (tgid <= 0)
+            return null;
+        VmInfo? vm;
+        lock (_gate)
+            _vmsByPid.TryGetValue(tgid, out vm);
+        vm ??= VmFor(tgid); // a thread gone from a process that still runs
+        return vm is null ? null : new ThreadIdentity(vm, -1);
+    }
+
+    private readonly Dictionary<int, int> _creatorOf = new();
+
+    /// <summary>Tells the registry that <paramref name="creator"/> made thread <paramref name="tid"/> in its own
+    /// process (a task_newtask record with CLONE_THREAD): for sources whose records name no process.</summary>
+    public void NoteThreadCreated(int tid, int creator)
+    {
+        if (tid <= 0 || creator <= 0 || Detached)
+            return;
+        lock (_gate)
+        {
+            if (_creatorOf.Count >= ProcessHintLimit && !_creatorOf.ContainsKey(tid))
+                _creatorOf.Clear();
+            _creatorOf[tid] = creator;
+        }
+    }
+
+    private readonly Dictionary<int, int> _processOf = new();
+
+    /// <summary>Hints kept at most; past that they are dropped, as they are needed only for the seconds between a
+    /// thread's first record and its naming.</summary>
+    private const int ProcessHintLimit = 65_536;
+
+    /// <summary>
+    /// Tells the registry that <paramref name="tid"/> is a thread of process <paramref name="tgid"/>, as a source's
+    /// record says (perf's pid, the tgid bpf keys by). A thread that has exited when it is named, the vCPU of a VM that
+    /// lived a second, is then still given to its VM if the VM was seen (by <see cref="Learn"/> at its creation, or a
+    /// scan). Sources call it once per thread they have not seen, not per record.
+    /// </summary>
+    public void NoteProcess(int tid, int tgid)
+    {
+        if (tgid <= 0 || Detached)
+            return;
+        lock (_gate)
+        {
+            if (_processOf.Count >= ProcessHintLimit && !_processOf.ContainsKey(tid))
+                _processOf.Clear();
+            _processOf[tid] = tgid;
+        }
+    }
+
+    /// <summary>Registers process <paramref name="pid"/> as a VM now, with the threads it has: for a VM the kernel
+    /// just announced (<see cref="KvmObserve.Native.Kvm.KvmUevents"/>), while its process certainly runs.</summary>
+    public VmInfo? Learn(int pid) => Detached ? null : VmFor(pid);
 
     /// <summary>The VM of process <paramref name="pid"/>, registering it on first sight; a process that holds no
     /// VM fd (yet) still gets an entry, named by its command line, since it produced kvm events.</summary>
@@ -480,7 +564,8 @@ public sealed class VmRegistry
     {
         string procDir = Path.Combine(_procRoot, pid.ToString(CultureInfo.InvariantCulture));
         if (KvmObserve.Native.Sys.TryStat(Path.Combine(procDir, "fd")) is not (long size, long mtime, _)
-            || StartTime(procDir) is not ulong start)
+            || StartTime(procDir) is not ulong start
+            || size == 0) // before 6.2 the directory's size is 0 and its mtime fixed: nothing tells an fd was opened
             return HoldsVmFd(pid);
         if (!full && _notVmm.TryGetValue(pid, out var known) && known == (start, size, mtime))
             return false;
