@@ -321,12 +321,16 @@ static __always_inline bool begin(struct who *w, __u32 kind, bool create)
 	return true;
 }
 
+/* What every program returns: non-zero lets the kernel go on to the tracepoint's perf events. With 0 it skips them
+ * all, and perf stat or perf record of the same tracepoint (a user's, or the agent's perf-count) count nothing. */
+#define PASS 1
+
 SEC("tracepoint/kvm/kvm_exit")
 int kvmo_exit(void *ctx)
 {
 	struct who w;
 	if (!begin(&w, K_EXIT, true))
-		return 0;
+		return PASS;
 	__u32 raw = rd(ctx, &cfg.exit_reason);
 	__u32 isa = cfg.exit_isa.size ? (__u32)rd(ctx, &cfg.exit_isa) : cfg.implied_isa;
 	__s32 vcpu = cfg.exit_vcpu.size ? (__s32)rd(ctx, &cfg.exit_vcpu) : NO_VCPU;
@@ -339,7 +343,7 @@ int kvmo_exit(void *ctx)
 	count(w.tgid, w.tid, vcpu, F_EXITS, reason, isa);
 	struct tlocal *l = w.l;
 	if (!l)
-		return 0;
+		return PASS;
 	if (vcpu >= 0)
 		l->vcpu1 = vcpu + 1;
 	if (l->exit_ts != 0)
@@ -347,7 +351,7 @@ int kvmo_exit(void *ctx)
 	l->exit_ts = bpf_ktime_get_ns();
 	l->exit_reason = reason;
 	l->exit_isa = isa;
-	return 0;
+	return PASS;
 }
 
 SEC("tracepoint/kvm/kvm_entry")
@@ -355,10 +359,10 @@ int kvmo_entry(void *ctx)
 {
 	struct who w;
 	if (!begin(&w, K_ENTRY, false))
-		return 0;
+		return PASS;
 	struct tlocal *l = w.l;
 	if (!l || l->exit_ts == 0)
-		return 0; /* no exit of this thread seen since the programs were attached */
+		return PASS; /* no exit of this thread seen since the programs were attached */
 	if (cfg.entry_vcpu.size)
 		l->vcpu1 = (__u32)rd(ctx, &cfg.entry_vcpu) + 1;
 	__u64 ns = bpf_ktime_get_ns() - l->exit_ts;
@@ -367,7 +371,7 @@ int kvmo_entry(void *ctx)
 		stat(S_EXIT_TOO_LONG, 1);
 	else
 		observe(w.tgid, w.tid, F_EXIT_LATENCY, l->exit_reason, l->exit_isa, ns);
-	return 0;
+	return PASS;
 }
 
 SEC("tracepoint/kvm/kvm_userspace_exit")
@@ -375,7 +379,7 @@ int kvmo_uexit(void *ctx)
 {
 	struct who w;
 	if (!begin(&w, K_USERSPACE_EXIT, true))
-		return 0;
+		return PASS;
 	__u32 reason = rd(ctx, &cfg.uexit_reason);
 	__s32 err = (__s32)rd(ctx, &cfg.uexit_errno);
 	/* an errno instead of an exit: -EINTR is a signal-driven restart, anything else a failed KVM_RUN */
@@ -388,7 +392,7 @@ int kvmo_uexit(void *ctx)
 		w.l->user_reason = reason;
 		w.l->user_class = cls;
 	}
-	return 0;
+	return PASS;
 }
 
 SEC("tracepoint/kvm/kvm_pio")
@@ -396,9 +400,9 @@ int kvmo_pio(void *ctx)
 {
 	struct who w;
 	if (!begin(&w, K_PIO, false))
-		return 0;
+		return PASS;
 	count(w.tgid, w.tid, NO_VCPU, F_PIO, rd(ctx, &cfg.pio_port), rd(ctx, &cfg.pio_rw) ? 1 : 0);
-	return 0;
+	return PASS;
 }
 
 SEC("tracepoint/kvm/kvm_mmio")
@@ -406,9 +410,9 @@ int kvmo_mmio(void *ctx)
 {
 	struct who w;
 	if (!begin(&w, K_MMIO, false))
-		return 0;
+		return PASS;
 	count(w.tgid, w.tid, NO_VCPU, F_MMIO, rd(ctx, &cfg.mmio_type), rd(ctx, &cfg.mmio_gpa) >> 12);
-	return 0;
+	return PASS;
 }
 
 SEC("tracepoint/kvm/kvm_msr")
@@ -416,9 +420,9 @@ int kvmo_msr(void *ctx)
 {
 	struct who w;
 	if (!begin(&w, K_MSR, false))
-		return 0;
+		return PASS;
 	count(w.tgid, w.tid, NO_VCPU, F_MSR, rd(ctx, &cfg.msr_ecx), rd(ctx, &cfg.msr_write) ? 1 : 0);
-	return 0;
+	return PASS;
 }
 
 SEC("tracepoint/kvm/kvm_cpuid")
@@ -426,9 +430,9 @@ int kvmo_cpuid(void *ctx)
 {
 	struct who w;
 	if (!begin(&w, K_CPUID, false))
-		return 0;
+		return PASS;
 	count(w.tgid, w.tid, NO_VCPU, F_CPUID, rd(ctx, &cfg.cpuid_function), 0);
-	return 0;
+	return PASS;
 }
 
 SEC("tracepoint/kvm/kvm_emulate_insn")
@@ -436,9 +440,9 @@ int kvmo_emulate(void *ctx)
 {
 	struct who w;
 	if (!begin(&w, K_EMULATE, false))
-		return 0;
+		return PASS;
 	count(w.tgid, w.tid, NO_VCPU, F_EMULATED, 0, 0);
-	return 0;
+	return PASS;
 }
 
 SEC("tracepoint/kvm/kvm_inj_exception")
@@ -446,9 +450,9 @@ int kvmo_inj_exc(void *ctx)
 {
 	struct who w;
 	if (!begin(&w, K_INJECTED, false))
-		return 0;
+		return PASS;
 	count(w.tgid, w.tid, NO_VCPU, F_INJECTED, rd(ctx, &cfg.inj_exception), 0);
-	return 0;
+	return PASS;
 }
 
 /* HeldHalts.Outcome: 0 poll_success, 1 poll_fail, 2 waited, 3 immediate */
@@ -464,7 +468,7 @@ int kvmo_wakeup(void *ctx)
 {
 	struct who w;
 	if (!begin(&w, K_WAKEUP, false))
-		return 0;
+		return PASS;
 	__u64 ns = rd(ctx, &cfg.wake_ns);
 	bool waited = rd(ctx, &cfg.wake_waited) & 0xff;
 	__s64 poll = -1;
@@ -482,7 +486,7 @@ int kvmo_wakeup(void *ctx)
 	__u32 label = poll < 0 ? UNKNOWN_WINDOW | waited : outcome(waited, poll);
 	count(w.tgid, w.tid, vcpu, F_HALT_WAKEUPS, label, 0);
 	observe(w.tgid, w.tid, F_HALT_DURATION, label, 0, ns);
-	return 0;
+	return PASS;
 }
 
 SEC("tracepoint/kvm/kvm_halt_poll_ns")
@@ -490,7 +494,7 @@ int kvmo_halt_poll(void *ctx)
 {
 	struct who w;
 	if (!begin(&w, K_HALT_POLL, false))
-		return 0;
+		return PASS;
 	__s32 vcpu = (__s32)rd(ctx, &cfg.poll_vcpu);
 	__s64 old = (__u32)rd(ctx, &cfg.poll_old);
 	struct tstate *s = state(w.tid, w.tgid);
@@ -503,7 +507,7 @@ int kvmo_halt_poll(void *ctx)
 		s->poll_ns = (__u32)rd(ctx, &cfg.poll_new);
 	}
 	count(w.tgid, w.tid, vcpu, F_HALT_POLL_CHANGES, rd(ctx, &cfg.poll_grow) & 0xff ? 1 : 0, 0);
-	return 0;
+	return PASS;
 }
 
 /* AggregatingSink.ClassifyFault: PFERR_* bits of the error code */
@@ -524,12 +528,12 @@ int kvmo_page_fault(void *ctx)
 {
 	struct who w;
 	if (!begin(&w, K_PAGE_FAULT, false))
-		return 0;
+		return PASS;
 	__s32 vcpu = cfg.pf_vcpu.size ? (__s32)rd(ctx, &cfg.pf_vcpu) : NO_VCPU;
 	if (w.l && vcpu >= 0)
 		w.l->vcpu1 = vcpu + 1;
 	count(w.tgid, w.tid, vcpu, F_MMU_PAGE_FAULTS, fault_kind(rd(ctx, &cfg.pf_error)), 0);
-	return 0;
+	return PASS;
 }
 
 SEC("tracepoint/kvmmmu/fast_page_fault")
@@ -537,7 +541,7 @@ int kvmo_fast_pf(void *ctx)
 {
 	struct who w;
 	if (!begin(&w, K_FAST_PAGE_FAULT, false))
-		return 0;
+		return PASS;
 	__s32 vcpu = (__s32)rd(ctx, &cfg.fpf_vcpu);
 	__s32 ret = (__s32)rd(ctx, &cfg.fpf_ret);
 	if (w.l && vcpu >= 0)
@@ -545,7 +549,7 @@ int kvmo_fast_pf(void *ctx)
 	/* RET_PF_FIXED 5, RET_PF_SPURIOUS 6 -> fast_fixed 7, fast_spurious 8, else fast_not_fixed 9 */
 	__u32 kind = ret == 5 ? 7 : ret == 6 ? 8 : 9;
 	count(w.tgid, w.tid, vcpu, F_MMU_PAGE_FAULTS, kind, 0);
-	return 0;
+	return PASS;
 }
 
 /* Every count-only kvmmmu event: one program, attached once per event with its KvmEventKind as the cookie. */
@@ -555,9 +559,9 @@ int kvmo_mmu(void *ctx)
 	__u32 kind = (__u32)bpf_get_attach_cookie(ctx);
 	struct who w;
 	if (kind == 0 || kind >= 32 || !begin(&w, kind, false))
-		return 0;
+		return PASS;
 	count(w.tgid, w.tid, NO_VCPU, F_MMU_EVENTS, kind, 0);
-	return 0;
+	return PASS;
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -38,4 +38,5 @@ public static class Errno
     public const int EINVAL = 22;
     public const int ENOSPC = 28;
     public const int ENOSYS = 38;
+    public const int ENOBUFS = 105;
 }

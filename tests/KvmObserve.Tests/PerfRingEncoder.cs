@@ -13,12 +13,12 @@ internal sealed class PerfRingEncoder(int size, ulong start)
     public ulong Tail { get; } = start;
     public ulong Head { get; private set; } = start;
 
-    public PerfRingEncoder Sample(ulong time, int tid, int cpu, ReadOnlySpan<byte> raw)
+    public PerfRingEncoder Sample(ulong time, int tid, int cpu, ReadOnlySpan<byte> raw, int pid = -1)
     {
         int rawSize = ((raw.Length + 4 + 7) & ~7) - 4; // raw_size + 4 is a multiple of 8
         var record = new byte[8 + 8 + 8 + 8 + 4 + rawSize];
         Header(record, 9, record.Length);
-        BinaryPrimitives.WriteInt32LittleEndian(record.AsSpan(8), tid); // pid
+        BinaryPrimitives.WriteInt32LittleEndian(record.AsSpan(8), pid < 0 ? tid : pid);
         BinaryPrimitives.WriteInt32LittleEndian(record.AsSpan(12), tid);
         BinaryPrimitives.WriteUInt64LittleEndian(record.AsSpan(16), time);
         BinaryPrimitives.WriteInt32LittleEndian(record.AsSpan(24), cpu);

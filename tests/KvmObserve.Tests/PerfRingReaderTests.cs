@@ -10,8 +10,8 @@ public class PerfRingReaderTests
 
         public static Collector Create() => new() { Seen = new List<string>() };
 
-        public void OnSample(ulong time, int tid, int cpu, ReadOnlySpan<byte> raw) =>
-            Seen.Add($"sample t={time} tid={tid} cpu={cpu} raw={Convert.ToHexString(raw)}");
+        public void OnSample(ulong time, int pid, int tid, int cpu, ReadOnlySpan<byte> raw) =>
+            Seen.Add($"sample t={time} pid={pid} tid={tid} cpu={cpu} raw={Convert.ToHexString(raw)}");
 
         public void OnLost(ulong count) => Seen.Add($"lost {count}");
 
@@ -45,7 +45,16 @@ public class PerfRingReaderTests
         }
         Assert.Equal(5, expected!.Count);
         Assert.Equal("lost 3", expected[1]);
-        Assert.StartsWith("sample t=200 tid=8 cpu=0 raw=32333435", expected[2]);
+        Assert.StartsWith("sample t=200 pid=8 tid=8 cpu=0 raw=32333435", expected[2]);
+    }
+
+    [Fact]
+    public void A_sample_tells_its_process_and_its_thread()
+    {
+        var ring = new PerfRingEncoder(256, 0).Sample(9, 41, 1, Raw(8, 0), pid: 40);
+        var c = Collector.Create();
+        PerfRingReader.Read(ring.Data, ring.Tail, ring.Head, new byte[PerfRingReader.MaxRecordSize], ref c);
+        Assert.StartsWith("sample t=9 pid=40 tid=41 cpu=1 ", Assert.Single(c.Seen));
     }
 
     [Fact]
@@ -54,7 +63,7 @@ public class PerfRingReaderTests
         var ring = new PerfRingEncoder(128, 96).Sample(5, 1, 0, Raw(40, 0)); // 80 bytes from offset 96: 32 at the end, 48 at the start
         var c = Collector.Create();
         PerfRingReader.Read(ring.Data, ring.Tail, ring.Head, new byte[PerfRingReader.MaxRecordSize], ref c);
-        Assert.Equal($"sample t=5 tid=1 cpu=0 raw={Convert.ToHexString(Raw(40, 0))}00000000", Assert.Single(c.Seen));
+        Assert.Equal($"sample t=5 pid=1 tid=1 cpu=0 raw={Convert.ToHexString(Raw(40, 0))}00000000", Assert.Single(c.Seen));
     }
 
     [Fact]
@@ -107,7 +116,7 @@ public class PerfRingReaderTests
         var c = Collector.Create();
         PerfRingReader.Read(ring.Data, ring.Tail, ring.Head, new byte[PerfRingReader.MaxRecordSize], ref c);
         // a 24-byte sample is too short for its fields; a 48-byte one with raw_size 0 is an empty sample; type 1234 skipped
-        Assert.Equal(["malformed 9", "sample t=0 tid=0 cpu=0 raw=", "lost 1"], c.Seen);
+        Assert.Equal(["malformed 9", "sample t=0 pid=0 tid=0 cpu=0 raw=", "lost 1"], c.Seen);
     }
 
     [Fact]

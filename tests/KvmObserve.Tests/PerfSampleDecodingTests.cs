@@ -13,7 +13,7 @@ public class PerfSampleDecodingTests
     private struct Handler(KvmEventDecoders decoders, Shard shard) : IPerfRecordHandler
     {
         private AggregatingSink _sink = new(shard);
-        public void OnSample(ulong time, int tid, int cpu, ReadOnlySpan<byte> raw) => decoders.Decode(time, cpu, raw, ref _sink);
+        public void OnSample(ulong time, int pid, int tid, int cpu, ReadOnlySpan<byte> raw) => decoders.Decode(time, cpu, raw, ref _sink);
         public void OnLost(ulong count) => shard.CountLost(count, exact: true);
         public void OnMalformedRecord(uint type) => shard.CountDecodeError(KvmEventKind.None);
         public void OnCorruptRing(ulong position) => shard.CountCorruptPage();

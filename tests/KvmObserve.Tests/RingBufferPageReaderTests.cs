@@ -97,6 +97,18 @@ public class RingBufferPageReaderTests
         Assert.Equal(1, unstored.InexactLosses);
     }
 
+    /// <summary>The mapped reader asks the page alone, before it parses any of it (kernels since 6.15 flag the
+    /// reader page and leave the meta page's count at 0).</summary>
+    [Fact]
+    public void Missed_events_are_read_from_the_page_header_alone()
+    {
+        byte[] p = [1, 2, 3, 4];
+        Assert.Equal((1234UL, true), RingBufferPageReader.MissedBefore(new PageEncoder(Layout, 0).Record(1, p).Build(missedEvents: 1234), Layout));
+        Assert.Equal((1UL, false), RingBufferPageReader.MissedBefore(new PageEncoder(Layout, 0).Record(1, p).Build(missedEvents: 99, missedStored: false), Layout));
+        Assert.Equal((0UL, true), RingBufferPageReader.MissedBefore(new PageEncoder(Layout, 0).Record(1, p).Build(), Layout));
+        Assert.Equal((0UL, true), RingBufferPageReader.MissedBefore(new byte[8], Layout)); // shorter than a header
+    }
+
     [Fact]
     public void An_empty_page_has_no_records()
     {

@@ -3,8 +3,9 @@ namespace KvmObserve.Decoding.Perf;
 /// <summary>Receives what <see cref="PerfRingReader"/> finds in a perf ring. Implemented by structs: no delegates.</summary>
 public interface IPerfRecordHandler
 {
-    /// <summary>A PERF_RECORD_SAMPLE; <paramref name="raw"/> (the tracepoint record) is valid only during the call.</summary>
-    void OnSample(ulong time, int tid, int cpu, ReadOnlySpan<byte> raw);
+    /// <summary>A PERF_RECORD_SAMPLE of thread <paramref name="tid"/> of process <paramref name="pid"/>;
+    /// <paramref name="raw"/> (the tracepoint record) is valid only during the call.</summary>
+    void OnSample(ulong time, int pid, int tid, int cpu, ReadOnlySpan<byte> raw);
 
     /// <summary>PERF_RECORD_LOST or PERF_RECORD_LOST_SAMPLES: the kernel dropped this many samples.</summary>
     void OnLost(ulong count);

@@ -79,10 +79,11 @@ public static class PerfRingReader
                     handler.OnMalformedRecord(type);
                     return;
                 }
+                int pid = BinaryPrimitives.ReadInt32LittleEndian(record.Slice(HeaderSize));
                 int tid = BinaryPrimitives.ReadInt32LittleEndian(record.Slice(HeaderSize + 4));
                 ulong time = BinaryPrimitives.ReadUInt64LittleEndian(record.Slice(HeaderSize + 8));
                 int cpu = BinaryPrimitives.ReadInt32LittleEndian(record.Slice(HeaderSize + 16));
-                handler.OnSample(time, tid, cpu, record.Slice(SampleFixedSize, rawSize));
+                handler.OnSample(time, pid, tid, cpu, record.Slice(SampleFixedSize, rawSize));
                 return;
             case 2: // PERF_RECORD_LOST: u64 id, u64 lost
                 if (record.Length < HeaderSize + 16)

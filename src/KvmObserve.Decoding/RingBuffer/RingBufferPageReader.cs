@@ -47,15 +47,27 @@ public static class RingBufferPageReader
             return 0;
         }
 
-        if ((commit & MissedEventsFlag) != 0)
-        {
-            if ((commit & MissedStoredFlag) != 0 && length + sizeof(ulong) <= data.Length)
-                handler.OnEventsLost(BinaryPrimitives.ReadUInt64LittleEndian(data.Slice(length)), exact: true);
-            else
-                handler.OnEventsLost(1, exact: false);
-        }
+        (ulong missed, bool exact) = MissedBefore(page, layout);
+        if (missed > 0)
+            handler.OnEventsLost(missed, exact);
 
         return ReadEvents(data.Slice(0, length), pageStamp, ref handler);
+    }
+
+    /// <summary>The events the kernel lost before <paramref name="page"/>, as its commit word says: (0, true) when
+    /// none; the count stored after the data (RB_MISSED_STORED); else (1, false): some, how many unknown.</summary>
+    public static (ulong Count, bool Exact) MissedBefore(ReadOnlySpan<byte> page, in PageHeaderFormat layout)
+    {
+        if (page.Length < layout.DataOffset)
+            return (0, true);
+        uint commit = BinaryPrimitives.ReadUInt32LittleEndian(page.Slice(layout.CommitOffset));
+        if ((commit & MissedEventsFlag) == 0)
+            return (0, true);
+        int length = (int)(commit & CommitLengthMask);
+        ReadOnlySpan<byte> data = page.Slice(layout.DataOffset);
+        if ((commit & MissedStoredFlag) != 0 && length + sizeof(ulong) <= data.Length)
+            return (BinaryPrimitives.ReadUInt64LittleEndian(data.Slice(length)), true);
+        return (1, false);
     }
 
     /// <summary>

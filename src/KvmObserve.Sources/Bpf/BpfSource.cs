@@ -8,24 +8,6 @@ using KvmObserve.Sources.Tracefs;
 
 namespace KvmObserve.Sources.Bpf;
 
-/// <summary>What the bpf source is told beyond <see cref="SourceOptions"/>.</summary>
-public sealed class BpfOptions
-{
-    /// <summary>The compiled probes/kvmobserve.bpf.c; by default the one built next to the agent.</summary>
-    public string ObjectPath { get; set; } = DefaultObjectPath;
-
-    /// <summary>Entries of the counts map (each a (pid, thread, vCPU, family, key) series).</summary>
-    public uint MapEntries { get; set; } = 32_768;
-
-    /// <summary>Keep the kernel's BPF run-time accounting on while the source runs (BPF_ENABLE_STATS).</summary>
-    public bool Stats { get; set; }
-
-    /// <summary>Count only these processes (VMM pids); empty: every process.</summary>
-    public IReadOnlyList<int> Pids { get; set; } = [];
-
-    public static string DefaultObjectPath => Path.Combine(AppContext.BaseDirectory, "probes", "kvmobserve.bpf.o");
-}
-
 /// <summary>
 /// Counts kvm events in the kernel with the BPF programs of probes/: each event is aggregated where it happens, in
 /// per-CPU maps keyed by (VMM pid, thread, vCPU, family, key), exit-handling latency paired per thread in the kernel
@@ -62,7 +44,7 @@ public sealed class BpfSource : IEventSource
         _aggregator = aggregator;
         var formats = new TracefsFormats(tracefsRoot);
         Decoders = formats.Decoders();
-        _fieldOf = FieldsOf(formats);
+        _fieldOf = BpfObjectLoader.FieldsOf(formats);
     }
 
     public string Name => "bpf";
@@ -79,27 +61,11 @@ public sealed class BpfSource : IEventSource
     /// <summary>Threads the kernel's state map could not take (their pairing and halt state were skipped).</summary>
     public long StateFull { get { lock (_gate) return _stats[BpfLayout.StatStateFull]; } }
 
-    /// <summary>A field of an event of this kernel, by the event's kind and the field's name, from its format file
-    /// (each read once); null where the event or the field does not exist.</summary>
-    public static Func<KvmEventKind, string, FieldFormat?> FieldsOf(TracefsFormats formats)
-    {
-        var byKind = new Dictionary<KvmEventKind, EventFormat?>();
-        return (kind, name) =>
-        {
-            if (!byKind.TryGetValue(kind, out EventFormat? format))
-            {
-                Tracepoint? tp = TracepointCatalog.All.FirstOrDefault(t => t.Kind == kind);
-                byKind[kind] = format = tp is null ? null : formats.Event(tp);
-            }
-            return format?.Find(name);
-        };
-    }
-
     public void Start()
     {
         try
         {
-            _object = Load(_bpf, _fieldOf, Decoders.ExitReasons.ImpliedIsa);
+            _object = BpfObjectLoader.Load(_bpf, _fieldOf, Decoders.ExitReasons.ImpliedIsa);
             _programs = _object.Programs();
             var states = new List<TracepointState>();
             foreach (TracepointStatus s in Decoders.Statuses)
@@ -144,67 +110,12 @@ public sealed class BpfSource : IEventSource
             _stopWatching = new CancellationTokenSource();
             _watcher = new Thread(Watch) { IsBackground = true, Name = "kvmobserve bpf watcher" };
             _watcher.Start();
+            _watching.Wait(); // its tid is known (UrgentThreads)
         }
         catch
         {
             Stop();
             throw;
-        }
-    }
-
-    /// <summary>Opens the object, sets its globals from the formats and loads it (maps and programs, not attached).</summary>
-    public static BpfObject Load(BpfOptions bpf, Func<KvmEventKind, string, FieldFormat?> fieldOf, uint impliedIsa)
-    {
-        if (!File.Exists(bpf.ObjectPath))
-            throw new BpfException($"{bpf.ObjectPath} is missing: the BPF programs are built with the agent only where clang is installed (apt-get install clang libbpf-dev, then build again)");
-        BpfObject obj = BpfObject.Open(bpf.ObjectPath);
-        try
-        {
-            uint filter = bpf.Pids.Count > 0 ? 1u : 0u;
-            obj.SetReadOnlyData(BpfLayout.Config(fieldOf, filter, impliedIsa, ThreadStates.HorizonNs));
-            obj.SetMaxEntries("kvmo_counts", bpf.MapEntries);
-            obj.Load();
-            if (bpf.Pids.Count > 0)
-            {
-                var pids = new BpfMap(obj.MapFd("kvmo_pids"), 4, 1, 1, perCpu: false);
-                foreach (int pid in bpf.Pids)
-                    pids.Update(BitConverter.GetBytes(pid), [1]);
-            }
-            return obj;
-        }
-        catch
-        {
-            obj.Dispose();
-            throw;
-        }
-    }
-
-    /// <summary>Why the bpf source cannot run here, or null: libbpf, the built object, and the kernel's verdict on
-    /// loading it (loaded and released at once; nothing is attached).</summary>
-    public static string? Probe(string tracefsRoot, BpfOptions? bpf = null)
-    {
-        bpf ??= new BpfOptions();
-        try
-        {
-            _ = BpfMap.PossibleCpus;
-        }
-        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException or TypeInitializationException)
-        {
-            return $"libbpf.so.1 cannot be loaded (apt-get install libbpf1): {e.GetBaseException().Message}";
-        }
-        try
-        {
-            var formats = new TracefsFormats(tracefsRoot);
-            using BpfObject obj = Load(bpf, FieldsOf(formats), formats.Decoders().ExitReasons.ImpliedIsa);
-            return null;
-        }
-        catch (BpfException e)
-        {
-            return e.Errno == 1 ? $"{e.Message} (needs CAP_BPF and CAP_PERFMON, or root)" : e.Message;
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            return e.Message;
         }
     }
 
@@ -233,6 +144,8 @@ public sealed class BpfSource : IEventSource
     /// its VM while it still runs, not at the next scrape, after a short-lived VM has gone.</summary>
     private void Watch()
     {
+        _watcherTid = Sys.Gettid();
+        _watching.Set();
         WaitHandle stop = _stopWatching!.Token.WaitHandle;
         byte[] key = BitConverter.GetBytes(BpfLayout.StatNewSeries);
         var value = new byte[8 * BpfMap.PossibleCpus];
@@ -256,6 +169,12 @@ public sealed class BpfSource : IEventSource
     }
 
     private long _wakeups;
+    private volatile int _watcherTid;
+    private readonly ManualResetEventSlim _watching = new();
+
+    /// <summary>The watcher adds a new thread's first series, and a VM can be named only while it runs: at nice 19 on
+    /// busy CPUs it woke too late for VMs that lived a few seconds, whose counts then went to vm="unknown".</summary>
+    public IReadOnlyList<int> UrgentThreads => _watcherTid != 0 ? [_watcherTid] : [];
 
     /// <summary>How often the watcher looks (one lookup of one per-CPU counter, ~50 syscalls a second): a VM that lives
     /// 60 ms must still be running when its first series is added, for its name to be read from procfs.</summary>
@@ -278,13 +197,17 @@ public sealed class BpfSource : IEventSource
 
     private void RefreshLocked()
     {
+        // Which threads are gone is settled before the maps are read: a thread found gone after the read could have
+        // counted between the read and its exit, and deleting its entries would lose those counts.
+        HashSet<int>? gone = DateTime.UtcNow >= _nextSweep ? ExitedThreads() : null;
         ReadStats();
         ReadThreads();
         int n = _counts!.ReadAll();
         SeriesTable series = _shard!.Series;
         for (int i = 0; i < n; i++)
         {
-            (_, SeriesKey key) = BpfLayout.ReadKey(_counts.Key(i));
+            (int tgid, SeriesKey key) = BpfLayout.ReadKey(_counts.Key(i));
+            _shard.NoteProcess(key.Tid, tgid);
             long total = BpfMap.SumPerCpu(_counts.Value(i));
             _last.TryGetValue(key, out long last);
             long delta = total - last;
@@ -297,11 +220,24 @@ public sealed class BpfSource : IEventSource
             else
                 series.Counter(key) += delta;
         }
-        if (DateTime.UtcNow >= _nextSweep)
+        if (gone is not null)
         {
-            Sweep(n);
+            Sweep(gone, n);
             _nextSweep = DateTime.UtcNow.AddMilliseconds(_options.DiscoveryIntervalMs);
         }
+    }
+
+    /// <summary>The threads seen in the maps since the last sweep that have exited.</summary>
+    private HashSet<int> ExitedThreads()
+    {
+        var gone = new HashSet<int>();
+        foreach (int tid in _tids)
+        {
+            if (!Directory.Exists($"/proc/{tid}"))
+                gone.Add(tid);
+        }
+        _tids.Clear();
+        return gone;
     }
 
     private void ReadStats()
@@ -353,17 +289,10 @@ public sealed class BpfSource : IEventSource
         series.Counter(key with { Label1 = (uint)outcome }) += delta;
     }
 
-    /// <summary>Deletes what the maps hold of threads that have exited, once their last counts are in: the maps are
-    /// bounded, and a host starts and stops VMs for years.</summary>
-    private void Sweep(int entries)
+    /// <summary>Deletes what the maps hold of threads that had exited before the maps were last read, so their last
+    /// counts are in: the maps are bounded, and a host starts and stops VMs for years.</summary>
+    private void Sweep(HashSet<int> gone, int entries)
     {
-        var gone = new HashSet<int>();
-        foreach (int tid in _tids)
-        {
-            if (!Directory.Exists($"/proc/{tid}"))
-                gone.Add(tid);
-        }
-        _tids.Clear();
         if (gone.Count == 0)
             return;
         for (int i = 0; i < entries; i++)
@@ -404,6 +333,8 @@ public sealed class BpfSource : IEventSource
         }
         _stopWatching?.Dispose();
         _stopWatching = null;
+        _watcherTid = 0; // a restart's watcher is another thread
+        _watching.Reset();
     }
 
     public void Dispose() => Stop();

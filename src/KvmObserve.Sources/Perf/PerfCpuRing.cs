@@ -41,6 +41,7 @@ internal sealed unsafe class PerfCpuRing
         _wake = wake;
         _decoders = decoders;
         _shard = shard;
+        shard.States.Reads(cpu); // no pair across a time this CPU has not been read up to
         _pollTimeoutMs = pollTimeoutMs;
         int pageSize = Environment.SystemPageSize;
         long dataBytes = (long)dataPages * pageSize;
@@ -189,7 +190,7 @@ internal sealed unsafe class PerfCpuRing
             ulong h = Volatile.Read(ref head); // acquire: the records below head are complete
             if (h == tail)
             {
-                _shard.States.Advance(Cpu, before); // caught up: pairs waiting on this CPU can close
+                _shard.States.CaughtUp(Cpu, before); // caught up: pairs waiting on this CPU can close
                 break;
             }
             ulong next;

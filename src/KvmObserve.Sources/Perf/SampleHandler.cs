@@ -10,8 +10,9 @@ internal struct SampleHandler(KvmEventDecoders decoders, Shard shard, LostTally 
 {
     private AggregatingSink _sink = new(shard);
 
-    public void OnSample(ulong time, int tid, int cpu, ReadOnlySpan<byte> raw)
+    public void OnSample(ulong time, int pid, int tid, int cpu, ReadOnlySpan<byte> raw)
     {
+        shard.NoteProcess(tid, pid);
         shard.Log?.Append(time, raw);
         decoders.Decode(time, shard.Cpu, raw, ref _sink);
     }

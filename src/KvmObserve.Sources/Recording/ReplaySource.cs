@@ -123,6 +123,7 @@ public sealed class ReplaySource : IEventSource
                 Decoders.Decode(last, shard.Cpu, r.Payload.Span, ref sinks[r.Cpu % shards.Length]);
             for (int i = 0; i < shards.Length; i++)
                 shards[i].States.Advance(shards[i].Cpu, last); // in time order: every CPU has given all it had before this
+            shards[0].States.CaughtUp(shards[0].Cpu, last);
         }
         if (!_stopping)
             _passes++;

@@ -24,17 +24,21 @@ internal sealed class CpuReader
     private volatile bool _stopping;
 
     private readonly bool _mapped;
+    private readonly ThreadCreations? _creations;
 
     public CpuReader(int cpu, string pipeRawPath, SafeFd wake, PageHeaderFormat layout, KvmEventDecoders decoders,
-        Shard shard, int pollTimeoutMs, bool mapped = false)
+        Shard shard, int pollTimeoutMs, bool mapped = false, ThreadCreations? creations = null)
     {
         _mapped = mapped;
+        _creations = creations;
         Cpu = cpu;
         _fd = Sys.Open(pipeRawPath, nonBlocking: true);
+        _statsPath = Path.Combine(Path.GetDirectoryName(pipeRawPath)!, "stats");
         _wake = wake;
         _layout = layout;
         _decoders = decoders;
         _shard = shard;
+        shard.States.Reads(cpu); // no pair across a time this CPU has not been read up to
         _pollTimeoutMs = pollTimeoutMs;
         _thread = new Thread(Run) { IsBackground = true, Name = $"kvmobserve cpu{cpu}" };
         if (mapped)
@@ -68,7 +72,7 @@ internal sealed class CpuReader
     /// it has, through the memory map where there is one, else through read() copies; on stop, drains once more.</summary>
     private void Run()
     {
-        var handler = new RecordHandler(_decoders, _shard);
+        var handler = new RecordHandler(_decoders, _shard, _creations, deferLosses: true);
         Pipe? pipe = _data is null ? new Pipe(new PipeOptions(
             readerScheduler: PipeScheduler.Inline, writerScheduler: PipeScheduler.Inline,
             pauseWriterThreshold: 0, minimumSegmentSize: _layout.PageSize, useSynchronizationContext: false)) : null;
@@ -86,6 +90,8 @@ internal sealed class CpuReader
                     DrainMapped(ref handler);
                 else
                     Drain(pipe, ref handler);
+                if (handler.PendingLost > 0 || stopping)
+                    SettleLosses(ref handler);
                 if (stopping)
                     break;
             }
@@ -161,17 +167,23 @@ internal sealed class CpuReader
             {
                 _readerId = id;
                 _position = 0;
-                ulong lost = *(ulong*)(meta + 16);                  // reader.lost_events, at this swap
+                // What the writer overwrote before this page. Since "ring-buffer: Have mmapped ring buffer keep track
+                // of missed events" (6.15, and stable kernels from 6.12) the kernel flags the page itself, as read()
+                // copies are, and leaves the meta page's count at 0; kernels before it fill only the meta page.
+                (ulong lost, bool exact) = Decoding.RingBuffer.RingBufferPageReader.MissedBefore(
+                    new ReadOnlySpan<byte>(_data!.Pointer + (long)id * subbufSize, subbufSize), _layout);
+                if (lost == 0)
+                    (lost, exact) = (*(ulong*)(meta + 16), true);   // reader.lost_events, at this swap
                 if (lost > 0)
                 {
                     lock (_shard.Gate)
-                        handler.OnEventsLost(lost, exact: true);
+                        handler.OnEventsLost(lost, exact);
                 }
             }
             if (end <= _position)
             {
                 // Caught up: every record this CPU wrote before the ioctl is handled, so pairs waiting on it can close.
-                _shard.States.Advance(Cpu, before);
+                _shard.States.CaughtUp(Cpu, before);
                 return;
             }
             bool writersPage = id == lastRead;
@@ -185,10 +197,54 @@ internal sealed class CpuReader
             {
                 // Parsed up to what the ioctl counted read (the kernel swaps the page out once it is full, and would
                 // not show this part again); every record up to the last one parsed is handled.
-                _shard.States.Advance(Cpu, _timestamp);
+                _shard.States.CaughtUp(Cpu, _timestamp);
                 return;
             }
         }
+    }
+
+    private readonly string _statsPath;
+    private ulong _kernelLost;
+
+    /// <summary>Counts what the pages said was lost as the kernel counts it in per_cpu/cpuN/stats (overrun, commit
+    /// overrun, dropped events): a page with no room left for the count says only that some were (one test flood:
+    /// 7,353 counted of 7,422), and a commit overrun is in no page. What the kernel has lost since the last settling
+    /// is counted once, whichever page tells of it; where stats cannot be read, the pages' own counts are.</summary>
+    private void SettleLosses(ref RecordHandler handler)
+    {
+        ulong count = handler.PendingLost;
+        bool exact = !handler.PendingInexact;
+        handler.PendingLost = 0;
+        handler.PendingInexact = false;
+        if (KernelLost() is ulong kernel)
+        {
+            count = kernel > _kernelLost ? kernel - _kernelLost : 0;
+            _kernelLost = Math.Max(kernel, _kernelLost);
+            exact = true;
+        }
+        if (count > 0)
+        {
+            lock (_shard.Gate)
+                _shard.CountLost(count, exact, gap: false);
+        }
+    }
+
+    private ulong? KernelLost()
+    {
+        try
+        {
+            ulong lost = 0;
+            foreach (string line in File.ReadLines(_statsPath))
+            {
+                int colon = line.IndexOf(':');
+                if (colon > 0 && line[..colon] is "overrun" or "commit overrun" or "dropped events"
+                    && ulong.TryParse(line.AsSpan(colon + 1).Trim(), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out ulong n))
+                    lost += n;
+            }
+            return lost;
+        }
+        catch (IOException) { return null; }
+        catch (UnauthorizedAccessException) { return null; }
     }
 
     /// <summary>Reads pages until the kernel has none (EAGAIN), parsing as they arrive.</summary>
@@ -203,7 +259,7 @@ internal sealed class CpuReader
             if (n == -Errno.EAGAIN || n == 0)
             {
                 // Caught up: every record this CPU wrote before the read is handled, so pairs waiting on it can close.
-                _shard.States.Advance(Cpu, before);
+                _shard.States.CaughtUp(Cpu, before);
                 return;
             }
             if (n < 0)

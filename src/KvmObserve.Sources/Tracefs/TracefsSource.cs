@@ -69,6 +69,10 @@ public sealed class TracefsSource : IEventSource
                 states.Add(new TracepointState(status, enabled));
             }
             _tracepoints = states;
+            ThreadCreations? creations = null;
+            if (!_aggregator.Registry.Detached && Formats.Event(ThreadCreations.Event) is EventFormat newTask
+                && _instance.Enable(ThreadCreations.Event.System, ThreadCreations.Event.Name))
+                creations = new ThreadCreations(newTask);
 
             _wake = new SafeFd(Sys.EventFd());
             IReadOnlyList<int> cpus = _instance.Cpus();
@@ -77,7 +81,7 @@ public sealed class TracefsSource : IEventSource
                 if (cpu >= _aggregator.Shards.Count)
                     throw new InvalidOperationException($"cpu{cpu} has no shard ({_aggregator.Shards.Count} shards)");
                 var reader = new CpuReader(cpu, _instance.PipeRawPath(cpu), _wake, layout, Decoders,
-                    _aggregator.Shards[cpu], _options.PollTimeoutMs, _options.MapRingBuffer);
+                    _aggregator.Shards[cpu], _options.PollTimeoutMs, _options.MapRingBuffer, creations);
                 _readers.Add(reader);
                 if (reader.MapFailure is string failure)
                     _options.Warn?.Invoke(failure);
