@@ -51,7 +51,7 @@ internal static class HostChecks
             yield return new Finding(Verdict.Warn, "bpf", KernelProbes.ErrorText(map), "no in-kernel aggregation (needs CAP_BPF and CAP_PERFMON)");
             yield break;
         }
-        string? problem = BpfSource.Probe(root);
+        string? problem = BpfObjectLoader.Probe(root);
         yield return problem is null
             ? new Finding(Verdict.Ok, "bpf", $"{Path.GetFileName(BpfOptions.DefaultObjectPath)}: every program loaded and verified", "the bpf source can run (auto picks it)")
             : new Finding(Verdict.Warn, "bpf", problem, "auto falls back to perf-count or tracefs");

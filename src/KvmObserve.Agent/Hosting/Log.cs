@@ -35,6 +35,9 @@ internal static partial class Log
     [LoggerMessage(19, LogLevel.Warning, "No VM can run on this host: {Problem}. The agent runs, and its kvm series stay at zero until a KVM device appears")]
     public static partial void NoKvmDevice(ILogger logger, string problem);
 
+    [LoggerMessage(20, LogLevel.Warning, "KVM's VM-creation uevents cannot be read (errno {Errno}): VMs are found by procfs scans only, and the counts of one that lives less than --discovery-interval-ms may go to vm=\"unknown\"")]
+    public static partial void NoVmUevents(ILogger logger, int errno);
+
     [LoggerMessage(9, LogLevel.Warning, "{Message}")]
     public static partial void SourceWarning(ILogger logger, string message);
 

@@ -33,7 +33,7 @@ public static class Settings
     public static readonly Setting WakeupPercent = new("WakeupPercent", "--wakeup-percent", "",
         "How full a ring gets before its reader wakes (tracefs buffer_percent, perf watermark); empty: 25");
     public static readonly Setting Nice = new("Nice", "--nice", "auto",
-        "Nice value of the agent's threads: auto (19 when the source counts in the kernel, as bpf and perf-count do: its threads yield the CPU to vCPUs that want it, and its counts wait in the kernel; unchanged when it streams records, whose readers must keep up), or -20..19");
+        "Nice value of the agent's threads: auto (19 when the source counts in the kernel, as bpf and perf-count do: its threads yield the CPU to vCPUs that want it, and its counts wait in the kernel; unchanged when it streams records, whose readers must keep up), or -20..19. The threads that find and name VMs keep the nice the agent started with: a VM can only be named while it runs");
     public static readonly Setting DiscoveryInterval = new("DiscoveryIntervalMs", "--discovery-interval-ms", "2000",
         "How often procfs is rescanned for VMs and their threads (ms)");
     public static readonly Setting WebConfig = new("WebConfig", "--web-config", "",

@@ -23,6 +23,7 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
     StormDetector storms, ILogger<SourceService> logger) : IHostedService
 {
     private const int SchedstatIntervalMs = 500;
+    private const int MaintainIntervalMs = 500;
     private IEventSource? _source;
     private Thread? _housekeeping;
     private readonly CancellationTokenSource _stop = new();
@@ -45,7 +46,7 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
             else if (KernelProbes.TryPerfTracepoint(int.Parse(File.ReadAllText(idFile).Trim(), System.Globalization.CultureInfo.InvariantCulture)) is int errno and not 0)
                 perfProblem = $"{KernelProbes.ErrorText(errno)} (errno {errno}; needs CAP_PERFMON or root, and kernel.perf_event_paranoid)";
         }
-        string? bpfProblem = root is null ? "tracefs is needed for the events' formats" : BpfSource.Probe(root);
+        string? bpfProblem = root is null ? "tracefs is needed for the events' formats" : BpfObjectLoader.Probe(root);
         return new HostCapabilities(root, tracefsProblem, perfProblem, bpfProblem);
     }
 
@@ -67,9 +68,9 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
             _source = replay;
             Log.SourcePicked(logger, "replay", options.Source, $"--replay {recording}");
             _source.Start();
-            SetNice();
             Log.ReplayStarted(logger, recording, replay.Header.Records, replay.Header.Vm, replay.Header.Host);
             Publish("--replay");
+            SetNice();
             return Task.CompletedTask;
         }
 
@@ -103,7 +104,6 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
             }
         }
         _source.Start();
-        SetNice(); // after the source started its threads: every one but its urgent ones
         foreach (TracepointState t in _source.Tracepoints)
         {
             if (!t.Enabled)
@@ -116,15 +116,20 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
         if (KvmDevice.Problem() is string missing)
             Log.NoKvmDevice(logger, missing);
         Publish(reason);
+        SetNice(); // after the source and the housekeeping threads started: every one but the urgent ones
         return Task.CompletedTask;
     }
 
+    /// <summary>Sets the threads' nice, but for the source's urgent threads and those that read VMs from procfs: a VM's
+    /// name, vCPUs and run time can be read only while it runs, and a VM that lives a few seconds on busy CPUs outlived
+    /// a nice-19 scan (and a nice-19 schedstat sampler, starved exactly when vCPUs wait for their CPUs).</summary>
     private void SetNice()
     {
         (int? nice, string reason) = ThreadNice.For(options.Nice, _source!.HasRecords);
         if (nice is int n)
         {
-            ThreadNice.Apply(n, _source.UrgentThreads);
+            _threadsStarted.Wait();
+            ThreadNice.Apply(n, [.. _source.UrgentThreads, _discoveryTid, _namingTid, _vmEventsTid, _stealTid]);
             Log.NiceSet(logger, n, reason);
         }
     }
@@ -167,14 +172,30 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
         _discovery.Start();
         _naming = new Thread(Naming) { IsBackground = true, Name = "kvmobserve naming" };
         _naming.Start();
+        _steal = new Thread(SampleSchedstat) { IsBackground = true, Name = "kvmobserve schedstat" };
+        _steal.Start();
+        if (KvmUevents.TryOpen(out int errno) is KvmUevents uevents)
+        {
+            _vmEvents = new Thread(() => VmEvents(uevents)) { IsBackground = true, Name = "kvmobserve vm events" };
+            _vmEvents.Start();
+        }
+        else
+        {
+            Log.NoVmUevents(logger, errno);
+            _threadsStarted.Signal();
+        }
     }
 
     private Thread? _discovery;
+    private readonly CountdownEvent _threadsStarted = new(4);
+    private int _discoveryTid, _namingTid, _vmEventsTid, _stealTid;
 
     /// <summary>Scans every interval after the last scan, whoever did it: a source that scans on its own (perf-count,
     /// in its attach windows and when this thread is late) moves the next one on, so procfs is not walked twice.</summary>
     private void Discovery()
     {
+        _discoveryTid = Sys.Gettid();
+        _threadsStarted.Signal();
         var interval = TimeSpan.FromMilliseconds(options.DiscoveryIntervalMs);
         DateTime turn = DateTime.UtcNow; // this thread's last turn: a registry that never scans (detached) is no busy loop
         while (true)
@@ -189,26 +210,65 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
     }
 
     private Thread? _naming;
+    private Thread? _vmEvents;
+    private readonly SafeFd _stopFd = new(Sys.EventFd());
+
+    /// <summary>Registers each VM as KVM announces its creation, while its process runs: a scan every interval misses
+    /// a VM that lives less, and its threads, gone by the time their records are read, could not be told apart from
+    /// any other process's (the sources then give each record's process, <see cref="Shard.NoteProcess"/>).</summary>
+    private void VmEvents(KvmUevents uevents)
+    {
+        _vmEventsTid = Sys.Gettid();
+        _threadsStarted.Signal();
+        var pids = new List<int>();
+        using (uevents)
+        {
+            while (!_stop.IsCancellationRequested)
+            {
+                uevents.Wait(_stopFd, 1_000);
+                pids.Clear();
+                bool complete = uevents.ReadCreated(pids);
+                foreach (int pid in pids)
+                    aggregator.Registry.Learn(pid);
+                if (!complete)
+                    aggregator.Registry.Scan(); // some were dropped: which, only procfs can tell now
+            }
+        }
+    }
 
     /// <summary>Names a thread as soon as its first series appears, while its VM still runs: on its own thread, so a
     /// fold, a compaction or a schedstat sample never delays it.</summary>
     private void Naming()
     {
+        _namingTid = Sys.Gettid();
+        _threadsStarted.Signal();
         WaitHandle[] wake = [_stop.Token.WaitHandle, aggregator.NewSeries];
         while (WaitHandle.WaitAny(wake, 250) != 0)
             aggregator.ResolveNewThreads();
     }
 
+    private Thread? _steal;
+
+    /// <summary>Reads every VM thread's schedstat each interval, between scrapes too: a thread's last reading before
+    /// it exits is what its run and steal time keep.</summary>
+    private void SampleSchedstat()
+    {
+        _stealTid = Sys.Gettid();
+        _threadsStarted.Signal();
+        do
+            schedstat.Sample();
+        while (!_stop.Token.WaitHandle.WaitOne(SchedstatIntervalMs));
+    }
+
     private void Housekeeping()
     {
         var reported = new HashSet<int>();
-        DateTime nextSample = DateTime.UtcNow;
+        DateTime nextMaintain = DateTime.UtcNow;
         while (!_stop.Token.WaitHandle.WaitOne(250))
         {
-            if (DateTime.UtcNow >= nextSample)
+            if (DateTime.UtcNow >= nextMaintain)
             {
-                schedstat.Sample(); // between scrapes too: a thread's last reading before it exits is kept
-                nextSample = DateTime.UtcNow.AddMilliseconds(SchedstatIntervalMs);
+                nextMaintain = DateTime.UtcNow.AddMilliseconds(MaintainIntervalMs);
                 // Fold what the readers counted, rank hot keys, forget VMs past their grace and hot-path entries
                 // that are done with.
                 foreach (string vm in aggregator.Maintain(DateTime.UtcNow))
@@ -228,9 +288,13 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
     public Task StopAsync(CancellationToken cancellationToken)
     {
         _stop.Cancel();
+        Sys.Write(_stopFd, BitConverter.GetBytes(1L));
         _housekeeping?.Join();
         _discovery?.Join();
         _naming?.Join();
+        _steal?.Join();
+        _vmEvents?.Join();
+        _stopFd.Dispose();
         if (_source is not null)
         {
             _source.Stop();

@@ -11,8 +11,8 @@ namespace KvmObserve.Agent.Hosting;
 /// core when the other was busy), 1.0-1.6 ms at nice 19, 0.6-1.3 ms under `perf stat -a`. A source that streams
 /// records must keep up with its ring buffers, so its threads keep the nice they were started with; so do a source's
 /// <see cref="KvmObserve.Sources.IEventSource.UrgentThreads"/> (perf-count's own, which answers each open of
-/// /dev/kvm). They are left alone rather than set back: going back down needs CAP_SYS_NICE, which the shipped
-/// systemd unit and DaemonSet do not grant.
+/// /dev/kvm; bpf's watcher, which adds a new thread's series while its VM runs, to be named). They are left alone
+/// rather than set back: going back down needs CAP_SYS_NICE, which the shipped systemd unit and DaemonSet do not grant.
 /// </summary>
 public static class ThreadNice
 {

@@ -1,3 +1,4 @@
+using KvmObserve.Sources;
 using System.Diagnostics;
 using System.Globalization;
 using System.Net.Sockets;
@@ -301,17 +302,25 @@ public sealed class DrainObserver(string tracefsRoot, IReadOnlyList<(string Syst
             {
                 if (Native.Sys.PollReadable(fd, wake, 100) != 1)
                     continue;
-                long n;
-                while ((n = Native.Sys.TrySplice(fd, pipeWrite, 64 * 1024, nonBlocking: true)) > 0)
-                {
-                    Interlocked.Add(ref _bytes, n);
-                    for (long left = n; left > 0;)
-                        left -= Math.Max(0, Native.Sys.TrySplice(pipeRead, devNull, (int)left, nonBlocking: false));
-                }
-                if (n < 0)
+                if (SpliceToEmpty(fd, pipeRead, pipeWrite, devNull) < 0)
                     Thread.Sleep(1); // readable, yet no full page to splice: poll says readable until a page is read
             }
+            // The run's full pages below the wake-up watermark (all of them in a short run): spliced, as the plain
+            // drain reads its rest at the end.
+            SpliceToEmpty(fd, pipeRead, pipeWrite, devNull);
         }
+    }
+
+    private long SpliceToEmpty(Native.SafeFd fd, Native.SafeFd pipeRead, Native.SafeFd pipeWrite, Native.SafeFd devNull)
+    {
+        long n;
+        while ((n = Native.Sys.TrySplice(fd, pipeWrite, 64 * 1024, nonBlocking: true)) > 0)
+        {
+            Interlocked.Add(ref _bytes, n);
+            for (long left = n; left > 0;)
+                left -= Math.Max(0, Native.Sys.TrySplice(pipeRead, devNull, (int)left, nonBlocking: false));
+        }
+        return n;
     }
 
     public void Mark() => _mark = Interlocked.Read(ref _bytes);
@@ -392,7 +401,9 @@ internal sealed class PerfStatObserver(IReadOnlyList<(string System, string Name
 
     protected override (string File, string[] Args) Command(string path) => (path, ["stat", "-a", "-x", ",", "-e", EventList(events)]);
 
-    protected override void WaitReady(Child child) => Thread.Sleep(1000); // perf prints nothing until it ends
+    // perf prints nothing until it ends: ready once it holds a counter per event and CPU (a fixed wait missed a
+    // warm-up VM's first exits where perf starts slowly, in the test VM).
+    protected override void WaitReady(Child child) => Tools.WaitForPerfEvents(child, events.Count * CpuTopology.OnlineCpus().Count);
 
     protected override long Observed(string output) => output.Split('\n').Where(l => l.Contains($",kvm:{driven},", StringComparison.Ordinal))
         .Select(l => long.TryParse(l.Split(',')[0], CultureInfo.InvariantCulture, out long n) ? n : 0).Sum();
@@ -407,7 +418,11 @@ internal sealed class PerfRecordObserver(IReadOnlyList<(string System, string Na
     protected override (string File, string[] Args) Command(string path) =>
         ("/bin/sh", ["-c", $"exec '{path}' record -a -R -e '{EventList(events)}' -o - > /dev/null"]);
 
-    protected override void WaitReady(Child child) => Thread.Sleep(1500); // perf opens and maps its rings
+    protected override void WaitReady(Child child)
+    {
+        Tools.WaitForPerfEvents(child, events.Count * CpuTopology.OnlineCpus().Count);
+        Thread.Sleep(500); // then maps its rings and enables them
+    }
 }
 
 /// <summary>bpftrace counting the same tracepoints into BPF maps, one unkeyed count per tracepoint (the cheapest
@@ -433,6 +448,33 @@ internal sealed class BpftraceObserver(IReadOnlyList<(string System, string Name
 
 internal static class Tools
 {
+    /// <summary>Waits (60 s at most) until <paramref name="child"/> holds <paramref name="count"/> perf event fds, then
+    /// a moment more for it to enable them.</summary>
+    public static void WaitForPerfEvents(Child child, int count)
+    {
+        DateTime until = DateTime.UtcNow.AddSeconds(60);
+        while (!child.HasExited && DateTime.UtcNow < until && PerfEventFds(child.Pid) < count)
+            Thread.Sleep(50);
+        Thread.Sleep(200);
+    }
+
+    private static int PerfEventFds(int pid)
+    {
+        try
+        {
+            return new DirectoryInfo($"/proc/{pid}/fd").EnumerateFileSystemInfos()
+                .Count(f => f.LinkTarget == "anon_inode:[perf_event]");
+        }
+        catch (IOException)
+        {
+            return 0;
+        }
+        catch (UnauthorizedAccessException)
+        {
+            return 0;
+        }
+    }
+
     public static string? Find(string name) =>
         new[] { "/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin", "/bin", "/sbin" }
             .Select(d => Path.Combine(d, name)).FirstOrDefault(File.Exists);
