@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Diagnostics;
 using System.Text.Json;
 
@@ -28,10 +29,14 @@ public class AgentOnLoadTests
     /// The record sources get 16 MB rings: the MSR phase writes ~10 records per exit from 4 vCPUs at once, and on a
     /// busy machine (this one is a VM) a starved reader could let a 4 MB ring overrun. Overruns are counted exactly
     /// (see the overrun test below); here the counts themselves are checked.</summary>
+    /// <summary>The hold, stretched in the test VM: with every family keyed, each vCPU thread gets a counter per key,
+    /// each with a filter the kernel compiles, and opening them all took longer there than the VMs ran.</summary>
+    private static readonly string StartDelayMs = TestTime.Ms(1500).ToString(System.Globalization.CultureInfo.InvariantCulture);
+
     private static (string[] Agent, string[] Load) Setup(string source) => source switch
     {
-        "perf-count" => (["--source", source, "--discovery-interval-ms", "200", "--count-keys", "all"], ["--start-delay-ms", "1500"]),
-        "perf-count-default-keys" => (["--source", "perf-count", "--discovery-interval-ms", "200"], ["--start-delay-ms", "1500"]),
+        "perf-count" => (["--source", source, "--discovery-interval-ms", "200", "--count-keys", "all"], ["--start-delay-ms", StartDelayMs]),
+        "perf-count-default-keys" => (["--source", "perf-count", "--discovery-interval-ms", "200"], ["--start-delay-ms", StartDelayMs]),
         "tracefs-copies" => (["--source", "tracefs", "--tracefs-mmap", "false", "--buffer-kb", "16384"], []),
         "bpf" => (["--source", source], []),
         _ => (["--source", source, "--buffer-kb", "16384"], []),
@@ -53,20 +58,30 @@ public class AgentOnLoadTests
         (string[] agentArgs, string[] loadArgs) = Setup(source);
         using Agent agent = Agent.Start(agentArgs);
         string name = $"e2e-{source}-{Environment.ProcessId}";
-        JsonElement report = Agent.Load([.. loadArgs, "--mode", "all", "--vms", "2", "--vcpus", "2", "--count", "3000", "--name", name]);
+        JsonElement report = Agent.Load([.. loadArgs, "--mode", "all", "--vms", "2", "--vcpus", "2", "--count", TestTime.Count(3000).ToString(System.Globalization.CultureInfo.InvariantCulture), "--name", name]);
         long expectedPio = PerVm(report, "pio").Values.Sum();
         // Each CPU's ring is read on its own: wait until every family has caught up, not only the first.
         long expectedMsr = PerVm(report, "msr").Values.Sum(), expectedCpuid = PerVm(report, "cpuid").Values.Sum();
         Metrics m = agent.ScrapeUntil(x => x.Sum("kvm_pio_total") >= expectedPio && x.Sum("kvm_halt_wakeups_total") > 0
             && x.Sum("kvm_msr_total") >= expectedMsr && x.Sum("kvm_cpuid_total") >= expectedCpuid);
         Assert.Equal(1, m.Sum("kvmobserve_source_info", ("source", source switch { "tracefs-copies" => "tracefs", "perf-count-default-keys" => "perf-count", _ => source })));
-        if (source == "tracefs") // by default through the ring buffers' memory maps, which this kernel (6.10+) allows
-            Assert.DoesNotContain(agent.Log, l => l.Contains("cannot be memory-mapped", StringComparison.Ordinal));
+        if (source == "tracefs") // by default through the ring buffers' memory maps where the kernel (6.10+) allows it
+            Assert.Equal(Requirements.RingMmapLacking() is null, !agent.Log.Any(l => l.Contains("cannot be memory-mapped", StringComparison.Ordinal)));
 
-        // Keyed: each key exactly. Not keyed: per VM, under "other" (key and direction).
+        // Keyed: each key exactly, but perf-count's keys are fixed lists (CountingKeys): a key outside them (load's MSR
+        // 0x1a0) is counted under "other", per direction. Not keyed: per VM, under "other" (key and direction).
+        var counting = new KvmObserve.Sources.PerfCount.CountingKeys();
+        string Labelled(string family, string key)
+        {
+            if (!source.StartsWith("perf-count", StringComparison.Ordinal))
+                return key;
+            string[] k = key.Split('/');
+            IReadOnlyList<uint> listed = family switch { "pio" => counting.Ports, "msr" => counting.Msrs, _ => counting.CpuidLeaves };
+            return listed.Contains(Convert.ToUInt32(k[0], 16)) ? key : k.Length > 1 ? $"other/{k[1]}" : "other";
+        }
         void ExactPerKey(string family, string metric, string keyLabel, bool perDirection)
         {
-            foreach (var g in PerVm(report, family).GroupBy(e => (e.Key.Vm, Key: keyed ? e.Key.Key : perDirection ? "other/other" : "other")))
+            foreach (var g in PerVm(report, family).GroupBy(e => (e.Key.Vm, Key: keyed ? Labelled(family, e.Key.Key) : perDirection ? "other/other" : "other")))
             {
                 string[] k = g.Key.Key.Split('/');
                 double seen = perDirection ? m.Sum(metric, ("vm", g.Key.Vm), (keyLabel, k[0]), ("direction", k[1])) : m.Sum(metric, ("vm", g.Key.Vm), (keyLabel, k[0]));
@@ -125,7 +140,11 @@ public class AgentOnLoadTests
             }
             long halts = v.GetProperty("halts").GetInt64();
             Assert.Equal(kernel.GetProperty("halt_exits").GetInt64(), halts);
-            Assert.InRange(m.Sum("kvm_halt_wakeups_total", ("vm", vm), ("vcpu", vcpu)), halts * 0.95, halts);
+            // Every halt that slept or polled to success is a wake-up KVM counted; one that neither polled nor slept
+            // (its timer had fired already: most of them where QEMU emulates the hypervisor) is traced but in no
+            // histogram: KVM's counts bound the wake-ups, they do not fix them.
+            Assert.InRange(m.Sum("kvm_halt_wakeups_total", ("vm", vm), ("vcpu", vcpu)),
+                kernel.GetProperty("halt_wait_hist").GetInt64() + kernel.GetProperty("halt_poll_success_hist").GetInt64(), halts);
         }
 
         // Every VM counted under its own name, none as unknown; the VMs are known with their pids.
@@ -135,6 +154,32 @@ public class AgentOnLoadTests
         Assert.Equal(0, m.Sum("kvmobserve_events_lost_total"));
         Assert.Equal(0, m.Sum("kvmobserve_decode_errors_total"));
         Assert.True(m.Sum("kvmobserve_reader_wakeups_total") > 0, "the source's threads never woke to read the kernel");
+        Assert.Equal(0, agent.Stop());
+    }
+
+    /// <summary>VMs that live about a second, with procfs scanned only at the agent's start: each is named from KVM's
+    /// creation uevent or its live threads, and its vCPU threads, often gone before their records are read, from what
+    /// the source tells of them (bpf's tgid, perf's pid, tracefs' task_newtask). Nothing goes to vm="unknown".</summary>
+    [KernelTheory]
+    [InlineData("bpf")]
+    [InlineData("tracefs")]
+    [InlineData("perf")]
+    public void Vms_shorter_than_the_discovery_interval_are_counted_under_their_names(string source)
+    {
+        using Agent agent = Agent.Start("--source", source, "--discovery-interval-ms", "3600000", "--metrics", "all");
+        string name = $"brief-{source}-{Environment.ProcessId}";
+        JsonElement report = Agent.Load("--mode", "pio", "--vms", "3", "--vcpus", "2", "--count", TestTime.Count(2000).ToString(System.Globalization.CultureInfo.InvariantCulture), "--name", name);
+        Dictionary<(string Vm, string Key), long> pio = PerVm(report, "pio");
+        long exits = Vcpus(report).Sum(v => v.Vcpu.GetProperty("kernel_stats").GetProperty("exits").GetInt64());
+        Metrics m = agent.ScrapeUntil(x => x.Sum("kvm_pio_total") >= pio.Values.Sum() && x.Sum("kvm_exits_total") >= exits);
+        foreach (string vm in pio.Keys.Select(k => k.Vm).Distinct())
+            Assert.Equal(pio.Where(p => p.Key.Vm == vm).Sum(p => p.Value), m.Sum("kvm_pio_total", ("vm", vm)));
+        foreach ((string vm, JsonElement v) in Vcpus(report))
+        {
+            string vcpu = v.GetProperty("vcpu").GetInt32().ToString(System.Globalization.CultureInfo.InvariantCulture);
+            Assert.Equal(v.GetProperty("kernel_stats").GetProperty("exits").GetInt64(), m.Sum("kvm_exits_total", ("vm", vm), ("vcpu", vcpu)));
+        }
+        Assert.Equal(0, m.Sum("kvm_exits_total", ("vm", "unknown")));
         Assert.Equal(0, agent.Stop());
     }
 
@@ -168,11 +213,25 @@ public class AgentOnLoadTests
         Metrics idle = agent.ScrapeUntil(x => x.Sum("kvmobserve_attach_windows_total") >= 1);
         double windowsBefore = idle.Sum("kvmobserve_attach_windows_total");
         double secondsBefore = idle.Sum("kvmobserve_attach_window_seconds_total");
-        Task<JsonElement> load = Task.Run(() => Agent.Load("--mode", "pio", "--vcpus", "2", "--count", "20000", "--duration", "4", "--name", name));
+        // The VM must outlast the wait for its first count and the scrapes: 8 s, stretched in the test VM. One vCPU:
+        // with two busy vCPUs on a 2-CPU test VM the agent (nice 19) got so little CPU that the VM ended first.
+        string seconds = TestTime.Seconds(8).TotalSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        Task<JsonElement> load = Task.Run(() => Agent.Load("--mode", "pio", "--vcpus", "1", "--count", TestTime.Count(20000).ToString(System.Globalization.CultureInfo.InvariantCulture),
+            "--duration", seconds, "--name", name));
         Metrics attached = agent.ScrapeUntil(x => x.Sum("kvm_pio_total", ("vm", name)) > 0);
-        Thread.Sleep(500); // the window closes at the scan after the attach (tens of ms)
+        // The window closes at the scan after the attach (tens of ms; seconds in the test VM): until two scrapes half a
+        // second apart show the same window time.
         Metrics first = agent.Scrape();
-        Thread.Sleep(1000);
+        for (DateTime until = DateTime.UtcNow + TestTime.Seconds(10); DateTime.UtcNow < until;)
+        {
+            Thread.Sleep(500);
+            Metrics next = agent.Scrape();
+            bool closed = next.Sum("kvmobserve_attach_window_seconds_total") == first.Sum("kvmobserve_attach_window_seconds_total");
+            first = next;
+            if (closed)
+                break;
+        }
+        Thread.Sleep(TestTime.Ms(1000));
         Metrics second = agent.Scrape();
         Assert.False(load.IsCompleted, "the VM ended before the steady state was looked at; the test proves nothing");
         Assert.True(second.Sum("kvm_pio_total", ("vm", name)) > first.Sum("kvm_pio_total", ("vm", name)), "the VM did not run meanwhile");
@@ -191,7 +250,7 @@ public class AgentOnLoadTests
     /// writer one ioctl after another. What the ioctl counted read of that page must be parsed before the pass ends:
     /// once the page is full the kernel swaps it out and never shows its tail again. A long run of one busy vCPU ends
     /// many passes there, and is counted exactly (a reader that left the tail for later lost a few events in 600,000).</summary>
-    [KernelFact]
+    [KernelFact(RingMmap = true)]
     public void The_mapped_tracefs_reader_loses_nothing_of_the_page_the_writer_is_on()
     {
         using Agent agent = Agent.Start("--source", "tracefs", "--metrics", "pio");
@@ -210,16 +269,56 @@ public class AgentOnLoadTests
     [KernelFact]
     public void An_overrun_perf_ring_counts_plus_loses_exactly_what_was_driven()
     {
-        using Agent agent = Agent.Start("--source", "perf", "--metrics", "pio", "--buffer-kb", "4", "--wakeup-percent", "100");
-        JsonElement report = Agent.Load("--mode", "pio", "--vcpus", "2", "--count", "20000", "--name", $"flood{Environment.ProcessId}");
-        long driven = PerVm(report, "pio").Values.Sum();
-        Assert.Equal(40000, driven);
-        Metrics m = agent.ScrapeUntil(x => x.Sum("kvm_pio_total") + x.Sum("kvmobserve_events_lost_total") >= driven);
+        using Agent agent = FloodPio("perf", out long driven);
+        Metrics m = agent.Scrape();
         double counted = m.Sum("kvm_pio_total"), lost = m.Sum("kvmobserve_events_lost_total", ("source", "perf"));
         Assert.True(lost > 0, $"the ring did not overrun (counted {counted}); the test proves nothing");
         Assert.Equal(driven, counted + lost);
         Assert.Equal(counted, m.Sum("kvmobserve_events_total", ("event", "kvm_pio")));
         Assert.Equal(0, m.Sum("kvmobserve_decode_errors_total"));
+    }
+
+    /// <summary>A one-page tracefs ring per CPU, read only when full or at the poll timeout, flooded by two vCPUs:
+    /// every PIO exit it did not count is in the loss counter of its CPU, and that counter is what the kernel says it
+    /// overwrote or dropped there (per_cpu/cpuN/stats), exactly. (The instance also carries the VMM's thread
+    /// creations, which the kernel may overwrite too: lost can exceed the PIO exits missing, never fall short.)</summary>
+    [KernelFact]
+    public void An_overrun_tracefs_ring_loses_only_what_it_counts_as_lost_per_cpu()
+    {
+        using Agent agent = FloodPio("tracefs", out long driven);
+        Thread.Sleep(TestTime.Ms(1500)); // every CPU's ring read to its end
+        Metrics m = agent.Scrape();
+        string instance = Path.Combine(TracefsLossTests.TracefsRoot(), "instances", $"kvmobserve-{agent.Pid}");
+        double counted = m.Sum("kvm_pio_total"), lost = m.Sum("kvmobserve_events_lost_total", ("source", "tracefs"));
+        Assert.True(lost > 0, $"the ring did not overrun (counted {counted}); the test proves nothing");
+        Assert.InRange(counted, 0, driven);
+        Assert.True(driven - counted <= lost, $"counted {counted} and lost {lost} of {driven}: {driven - counted - lost} missing and not counted as lost");
+        Assert.Equal(counted, m.Sum("kvmobserve_events_total", ("event", "kvm_pio")));
+        Assert.Equal(0, m.Sum("kvmobserve_decode_errors_total"));
+        foreach ((string cpu, long kernel) in TracefsLossTests.KernelLost(instance))
+            Assert.True(kernel == m.Sum("kvmobserve_events_lost_total", ("source", "tracefs"), ("cpu", cpu)),
+                $"cpu {cpu}: the kernel lost {kernel}, the agent counted {m.Sum("kvmobserve_events_lost_total", ("source", "tracefs"), ("cpu", cpu))}");
+    }
+
+    /// <summary>An agent of <paramref name="source"/> with a 4 KiB ring per CPU, read only when full or at the poll
+    /// timeout, once two vCPUs drove 40,000 PIO exits through it and it counted or lost them all.</summary>
+    private static Agent FloodPio(string source, out long driven)
+    {
+        Agent agent = Agent.Start("--source", source, "--metrics", "pio", "--buffer-kb", "4", "--wakeup-percent", "100");
+        try
+        {
+            JsonElement report = Agent.Load("--mode", "pio", "--vcpus", "2", "--count", "20000", "--name", $"flood-{source}{Environment.ProcessId}");
+            long pio = PerVm(report, "pio").Values.Sum();
+            Assert.Equal(40000, pio);
+            agent.ScrapeUntil(x => x.Sum("kvm_pio_total") + x.Sum("kvmobserve_events_lost_total") >= pio);
+            driven = pio;
+            return agent;
+        }
+        catch
+        {
+            agent.Dispose(); // its instance and perf fds go with it
+            throw;
+        }
     }
 
     [KernelFact]
@@ -252,7 +351,7 @@ public class AgentOnLoadTests
     {
         using Agent bpf = Agent.Start("--source", "bpf");
         using Agent tracefs = Agent.Start("--source", "tracefs");
-        JsonElement report = Agent.Load("--mode", "all", "--vms", "2", "--vcpus", "2", "--count", "2000", "--name", $"pair{Environment.ProcessId}");
+        JsonElement report = Agent.Load("--mode", "all", "--vms", "2", "--vcpus", "2", "--count", TestTime.Count(2000).ToString(System.Globalization.CultureInfo.InvariantCulture), "--name", $"pair{Environment.ProcessId}");
         long pio = PerVm(report, "pio").Values.Sum(), msr = PerVm(report, "msr").Values.Sum();
         bool Done(Metrics x) => x.Sum("kvm_pio_total") >= pio && x.Sum("kvm_msr_total") >= msr && x.Sum("kvm_halt_wakeups_total") > 0;
         Metrics b = bpf.ScrapeUntil(Done), t = tracefs.ScrapeUntil(Done);

@@ -63,7 +63,7 @@ public sealed partial class BpfProgramTests
             (KvmEventKind.Exit, "vcpu_id") => enter.Find(vcpu),
             _ => null,
         };
-        return BpfSource.Load(new BpfOptions { Pids = [Environment.ProcessId] }, FieldOf, impliedIsa: 0);
+        return BpfObjectLoader.Load(new BpfOptions { Pids = [Environment.ProcessId] }, FieldOf, impliedIsa: 0);
     }
 
     /// <summary>This thread's counts, by (family, label1, label2).</summary>
@@ -189,7 +189,7 @@ public sealed partial class BpfProgramTests
     {
         var formats = new TracefsFormats(Tracefs);
         KvmEventDecoders decoders = formats.Decoders();
-        using BpfObject obj = BpfSource.Load(new BpfOptions(), BpfSource.FieldsOf(formats), decoders.ExitReasons.ImpliedIsa);
+        using BpfObject obj = BpfObjectLoader.Load(new BpfOptions(), BpfObjectLoader.FieldsOf(formats), decoders.ExitReasons.ImpliedIsa);
         var attached = new List<string>();
         foreach (TracepointStatus s in decoders.Statuses.Where(s => s.Available))
         {

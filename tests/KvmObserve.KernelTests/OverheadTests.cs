@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Globalization;
 using System.Text.Json;
 
 namespace KvmObserve.KernelTests;
@@ -16,10 +17,10 @@ public class OverheadTests
             psi.ArgumentList.Add(a);
         using Process p = Process.Start(psi)!;
         Task<string> stdout = p.StandardOutput.ReadToEndAsync(), stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(300_000))
+        if (!p.WaitForExit(TestTime.Ms(300_000)))
         {
             p.Kill(entireProcessTree: true);
-            throw new TimeoutException("overhead did not finish in 300 s");
+            throw new TimeoutException($"overhead did not finish in {TestTime.Seconds(300).TotalSeconds:0} s");
         }
         return (p.ExitCode, stdout.Result, stderr.Result);
     }
@@ -30,8 +31,9 @@ public class OverheadTests
         bool bpftrace = File.Exists("/usr/bin/bpftrace");
         Assert.True(bpftrace || Environment.GetEnvironmentVariable("CI") != "true", "bpftrace is missing (apt-get install bpftrace)");
         string[] against = bpftrace ? ["bpftrace", "drain", "drain-splice"] : ["drain", "drain-splice"];
+        int n = Math.Max(1000, TestTime.Count(3000)); // overhead's least
         (int code, string stdout, string stderr) = Overhead("--source", "bpf,tracefs", "--against", string.Join(',', against),
-            "--rounds", "2", "--count", "3000", "--json");
+            "--rounds", "2", "--count", n.ToString(CultureInfo.InvariantCulture), "--json");
         Assert.True(code == 0, stderr);
         JsonElement report = JsonDocument.Parse(stdout).RootElement;
         Assert.Equal("pio", report.GetProperty("mode").GetString());
@@ -50,7 +52,7 @@ public class OverheadTests
             string name = arm.GetProperty("observer").GetString()!;
             long[] observed = arm.GetProperty("observed").EnumerateArray().Select(v => v.GetInt64()).ToArray();
             if (name.StartsWith("agent", StringComparison.Ordinal) || name.StartsWith("bpftrace", StringComparison.Ordinal))
-                Assert.All(observed, n => Assert.Equal(3000 + 1000, n)); // the measured run and its warm-up VM: every PIO exit
+                Assert.All(observed, o => Assert.Equal(n + 1000, o)); // the measured run and its warm-up VM: every PIO exit
             if (name.StartsWith("agent", StringComparison.Ordinal))
             {
                 // Each round also says what the agent's own metrics counted while the measured VM ran.
@@ -60,12 +62,12 @@ public class OverheadTests
                 {
                     Assert.Equal(0, s.GetProperty("kvmobserve_events_lost_total").GetDouble());
                     Assert.Equal(0, s.GetProperty("kvmobserve_decode_errors_total").GetDouble());
-                    if (name.EndsWith("tracefs", StringComparison.Ordinal)) // woken at least once to read 3,000 exits' records
+                    if (name.EndsWith("tracefs", StringComparison.Ordinal)) // woken at least once to read the exits' records
                         Assert.True(s.GetProperty("kvmobserve_reader_wakeups_total").GetDouble() >= 1, s.ToString());
                 });
             }
             else if (name.StartsWith("drain", StringComparison.Ordinal))
-                Assert.All(observed, n => Assert.True(n > 3000 * 16, $"{n} bytes drained")); // 5+ records per exit
+                Assert.All(observed, o => Assert.True(o > n * 16, $"{o} bytes drained")); // 5+ records per exit
         }
         // What an arm adds is, per round, its time less the mean of the runs with no probes right before and after
         // it (the same for the arm without probes: its noise floor); the median over rounds.
@@ -85,18 +87,19 @@ public class OverheadTests
     [KernelFact]
     public void In_msr_mode_observers_count_kvm_msr_two_per_operation()
     {
+        int n = Math.Max(1000, TestTime.Count(4000)); // overhead's least
         (int code, string stdout, string stderr) = Overhead("--mode", "msr", "--source", "tracefs", "--against", "perf-stat",
-            "--rounds", "1", "--count", "4000", "--json");
+            "--rounds", "1", "--count", n.ToString(CultureInfo.InvariantCulture), "--json");
         Assert.True(code == 0, stderr);
         JsonElement report = JsonDocument.Parse(stdout).RootElement;
         Assert.Equal("msr", report.GetProperty("mode").GetString());
         JsonElement[] arms = report.GetProperty("arms").EnumerateArray().ToArray();
         Assert.Equal(["none", "tracefs", "perf-stat"], arms.Select(a => a.GetProperty("arm").GetString()));
-        // 4,000 exits measured (2,000 operations) and a warm-up VM of 1,000 operations (2,000 exits)
+        // n exits measured (n / 2 operations) and a warm-up VM of 1,000 operations (2,000 exits)
         foreach (JsonElement arm in arms.Skip(1))
-            Assert.Equal([4000 + 2000], arm.GetProperty("observed").EnumerateArray().Select(v => v.GetInt64()));
+            Assert.Equal([n + 2000], arm.GetProperty("observed").EnumerateArray().Select(v => v.GetInt64()));
         JsonElement agent = arms[1].GetProperty("rounds_self")[0];
-        Assert.Equal(4000, agent.GetProperty("kvmobserve_events_total").GetDouble()); // the measured VM's, of kvm_msr
+        Assert.Equal(n, agent.GetProperty("kvmobserve_events_total").GetDouble()); // the measured VM's, of kvm_msr
     }
 
     [KernelFact(Kvm = false)]
