@@ -63,6 +63,30 @@ internal sealed class GuestAssembler
         return Bytes(0x0F, 0x85).Imm32((uint)(target - next));
     }
 
+    public GuestAssembler PushImm32(uint v) => Bytes(0x68).Imm32(v);          // sign-extended to 64 bits
+    public GuestAssembler PopRax() => Bytes(0x58);
+    public GuestAssembler PopRdx() => Bytes(0x5A);
+    public GuestAssembler MovRcxFromStackTop() => Bytes(0x48, 0x8B, 0x0C, 0x24); // mov rcx, [rsp]
+    public GuestAssembler MovRaxCr2() => Bytes(0x0F, 0x20, 0xD0);
+    public GuestAssembler StoreRaxAtRdi(byte displacement) => Bytes(0x48, 0x89, 0x47, displacement); // mov [rdi+d8], rax
+    public GuestAssembler StoreRcxAtRdi(byte displacement) => Bytes(0x48, 0x89, 0x4F, displacement);
+    public GuestAssembler StoreRdxAtRdi(byte displacement) => Bytes(0x48, 0x89, 0x57, displacement);
+
+    /// <summary>Pads with int3 up to <paramref name="position"/>.</summary>
+    public GuestAssembler PadTo(int position)
+    {
+        while (_code.Count < position)
+            _code.Add(0xCC);
+        return this;
+    }
+
+    /// <summary>jmp target (rel32; target is a position in this code).</summary>
+    public GuestAssembler Jmp(int target)
+    {
+        int next = Position + 5;
+        return Bytes(0xE9).Imm32((uint)(target - next));
+    }
+
     /// <summary>jmp $ (spins if the VMM ever resumes past the end).</summary>
     public GuestAssembler JmpSelf() => Bytes(0xEB, 0xFE);
 }

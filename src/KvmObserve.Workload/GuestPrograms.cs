@@ -18,6 +18,41 @@ internal static class GuestPrograms
         .PushRaxRcxRdx().MovEcx(X2ApicEoi).XorEax().XorEdx().Wrmsr().IncQwordAtR15().PopRdxRcxRax().Iretq()
         .ToArray();
 
+    /// <summary>Vectors for which the CPU pushes an error code (Intel SDM vol. 3, 6.13).</summary>
+    private static bool HasErrorCode(int vector) => vector is 8 or (>= 10 and <= 14) or 17 or 21 or 29 or 30;
+
+    /// <summary>
+    /// A stub for every vector but the timer's, 16 bytes apart from <see cref="GuestLayout.FaultStubs"/>, then the
+    /// handler they jump to. It reports vector, error code, faulting RIP and CR2 as four 8-byte stores to
+    /// <see cref="GuestLayout.FaultReport"/> (MMIO exits the VMM reads), so that an exception the guest programs never
+    /// expect is named, where without a gate it would become a triple fault (KVM_EXIT_SHUTDOWN), whose registers
+    /// kvm_amd does not even keep.
+    /// </summary>
+    public static byte[] FaultHandlers()
+    {
+        var a = new GuestAssembler();
+        const int handler = 256 * GuestLayout.FaultStubSize;
+        for (int v = 0; v < 256; v++)
+        {
+            a.PadTo(v * GuestLayout.FaultStubSize);
+            if (!HasErrorCode(v))
+                a.PushImm32(0);
+            a.PushImm32((uint)v).Jmp(handler);
+        }
+        a.PadTo(handler);
+        a.PopRax().PopRdx().MovRcxFromStackTop().MovRdi(GuestLayout.FaultReport)
+            .StoreRaxAtRdi(0).StoreRdxAtRdi(8).StoreRcxAtRdi(16).MovRaxCr2().StoreRaxAtRdi(24);
+        return a.JmpSelf().ToArray();
+    }
+
+    /// <summary>"#PF (vector 14)"; "vector 255" for an interrupt no program asked for.</summary>
+    public static string VectorName(ulong vector) => vector switch
+    {
+        0 => "#DE", 1 => "#DB", 2 => "NMI", 3 => "#BP", 4 => "#OF", 5 => "#BR", 6 => "#UD", 7 => "#NM", 8 => "#DF",
+        10 => "#TS", 11 => "#NP", 12 => "#SS", 13 => "#GP", 14 => "#PF", 16 => "#MF", 17 => "#AC", 18 => "#MC",
+        19 => "#XM", 21 => "#CP", _ => "interrupt",
+    } + $" (vector {vector})";
+
     public static byte[] Build(LoadMode mode, uint count, ulong touchBase, uint timerPeriodNs)
     {
         var a = new GuestAssembler();

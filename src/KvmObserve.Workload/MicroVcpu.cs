@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Globalization;
 using KvmObserve.Native;
 using KvmObserve.Native.Kvm;
@@ -80,8 +81,36 @@ internal sealed unsafe class MicroVcpu : IDisposable
         Sys.Ioctl(_fd, KvmIoctl.SetMpState, (nint)(&mpState), "KVM_SET_MP_STATE");
     }
 
-    /// <summary>Loads <paramref name="program"/> and runs it to the doorbell, counting every exit into the report.</summary>
-    public void RunPhase(byte[] program, bool user, VcpuReport report)
+    private long _lastExit;      // Stopwatch ticks: the phase's start, then each exit to this VMM
+    private long _quietLimit;    // ticks without one that mean the guest went astray; 0 outside a phase
+
+    /// <summary>How long the vCPU has run its phase without one exit to the VMM, where that is longer than the phase
+    /// allows: its guest went astray (under QEMU's emulated SVM a nested guest has, now and then, run on past its
+    /// program). Null while it is fine, or between phases.</summary>
+    public TimeSpan? Astray()
+    {
+        long limit = Volatile.Read(ref _quietLimit);
+        long quiet = Stopwatch.GetTimestamp() - Volatile.Read(ref _lastExit);
+        return limit > 0 && quiet > limit ? Stopwatch.GetElapsedTime(0, quiet) : null;
+    }
+
+    /// <summary>Loads <paramref name="program"/> and runs it to the doorbell, counting every exit into the report.
+    /// <paramref name="quietLimit"/>: the longest the phase may run without an exit to the VMM.</summary>
+    public void RunPhase(byte[] program, bool user, VcpuReport report, TimeSpan quietLimit)
+    {
+        Volatile.Write(ref _lastExit, Stopwatch.GetTimestamp());
+        Volatile.Write(ref _quietLimit, (long)(quietLimit.TotalSeconds * Stopwatch.Frequency));
+        try
+        {
+            RunPhase(program, user, report);
+        }
+        finally
+        {
+            Volatile.Write(ref _quietLimit, 0);
+        }
+    }
+
+    private void RunPhase(byte[] program, bool user, VcpuReport report)
     {
         ulong rip = GuestLayout.ProgramAddress(Index);
         program.CopyTo(_vm.Memory[(int)rip..]);
@@ -106,6 +135,7 @@ internal sealed unsafe class MicroVcpu : IDisposable
             }
             if (r < 0)
                 throw new NativeErrorException("KVM_RUN", -r);
+            Volatile.Write(ref _lastExit, Stopwatch.GetTimestamp());
             uint reason = *(uint*)(run + KvmRunLayout.ExitReasonOffset);
             switch (reason)
             {
@@ -125,17 +155,48 @@ internal sealed unsafe class MicroVcpu : IDisposable
                     VcpuReport.Add(report.Mmio, $"0x{gpa & ~0xfffUL:x}/{(write ? "write" : "read")}", 1);
                     if ((gpa & ~0xfffUL) == GuestLayout.Doorbell)
                         return;
+                    if ((gpa & ~0xfffUL) == GuestLayout.FaultReport)
+                        NoteFault(gpa & 0xfff, *(ulong*)(run + KvmRunLayout.MmioData));
                     break;
                 }
                 case KvmExitReason.Hlt:
                     VcpuReport.Add(report.UserspaceExits, "HLT", 1);
                     return;
+                case KvmExitReason.Shutdown:
+                    VcpuReport.Add(report.UserspaceExits, "SHUTDOWN", 1);
+                    throw new InvalidOperationException($"vCPU {Index}: the guest shut down (triple fault) at {Where()}");
                 default:
                     VcpuReport.Add(report.UserspaceExits, reason.ToString(CultureInfo.InvariantCulture), 1);
-                    throw new InvalidOperationException(
-                        $"vCPU {Index}: unexpected exit {reason} (suberror {*(uint*)(run + KvmRunLayout.InternalSuberror)})");
+                    throw new InvalidOperationException(reason == KvmExitReason.InternalError
+                        ? $"vCPU {Index}: KVM internal error, suberror {*(uint*)(run + KvmRunLayout.InternalSuberror)}, at {Where()}"
+                        : $"vCPU {Index}: unexpected exit {reason} at {Where()}");
             }
         }
+    }
+
+    private readonly ulong[] _fault = new ulong[4];
+
+    /// <summary>One of the fault handler's four stores (<see cref="GuestPrograms.FaultHandlers"/>); the last, CR2,
+    /// ends the run with all four.</summary>
+    private void NoteFault(ulong offset, ulong value)
+    {
+        if (offset % 8 != 0 || offset / 8 >= (ulong)_fault.Length)
+            return;
+        _fault[offset / 8] = value;
+        if (offset / 8 == 3)
+            throw new InvalidOperationException(
+                $"vCPU {Index}: guest exception {GuestPrograms.VectorName(_fault[0])} at rip 0x{_fault[2]:x} (program at " +
+                $"0x{GuestLayout.ProgramAddress(Index):x}), error code 0x{_fault[1]:x}, cr2 0x{_fault[3]:x}");
+    }
+
+    /// <summary>Where the vCPU stands, for an error (kvm_amd resets its state on a shutdown: the values are then
+    /// those of a reset vCPU).</summary>
+    private string Where()
+    {
+        KvmRegs regs;
+        return Sys.TryIoctl(_fd, KvmIoctl.GetRegs, (nint)(&regs)) < 0
+            ? "an unknown rip"
+            : $"rip 0x{regs.Rip:x} (program at 0x{GuestLayout.ProgramAddress(Index):x}), rsp 0x{regs.Rsp:x}";
     }
 
     private void SetSegments(bool user)

@@ -45,7 +45,8 @@ public static class VmRunner
                 {
                     failure ??= e;
                 }
-            }) { Name = $"CPU {index}/KVM" }; // named natively before it runs, as well as by prctl below
+            }) { Name = $"CPU {index}/KVM", IsBackground = true }; // named natively before it runs, as well as by prctl below
+            // Background: a vCPU whose guest went astray never returns from KVM_RUN, and must not keep the process.
             threads[i].Start();
         }
         if (options.StartDelay > TimeSpan.Zero)
@@ -53,7 +54,17 @@ public static class VmRunner
         stopwatch.Start();
         go.Set();
         foreach (Thread t in threads)
-            t.Join();
+        {
+            while (!t.Join(1000))
+            {
+                for (int i = 0; i < vcpus.Length; i++)
+                {
+                    if (vcpus[i].Astray() is TimeSpan quiet)
+                        throw new InvalidOperationException(
+                            $"VM {name}: vCPU {i}: its guest went astray: no exit to the VMM for {quiet.TotalSeconds:0} s in a phase that makes one within {QuietLimit(options).TotalSeconds:0} s");
+                }
+            }
+        }
         foreach (MicroVcpu v in vcpus)
             v.Dispose();
         if (failure is not null)
@@ -61,6 +72,11 @@ public static class VmRunner
         report.Vcpus.AddRange(reports);
         return report;
     }
+
+    /// <summary>The longest a phase runs without an exit to the VMM: msr and cpuid exit only at its end, after count
+    /// operations (two in-kernel exits each, ~100 us in the test VM), hlt after count timer periods; a minute besides.</summary>
+    private static TimeSpan QuietLimit(LoadOptions options) =>
+        TimeSpan.FromSeconds(60) + TimeSpan.FromTicks(options.Count * (TimeSpan.TicksPerMillisecond * 2 + options.TimerPeriodNs / 100));
 
     private static void RunVcpu(MicroVm vm, MicroVcpu vcpu, LoadOptions options, ulong touchSlice, VcpuReport report,
         Stopwatch stopwatch, HaltWatchdog? watchdog)
@@ -78,7 +94,7 @@ public static class VmRunner
                 byte[] program = GuestPrograms.Build(mode, options.Count, touchBase, options.TimerPeriodNs);
                 long started = Stopwatch.GetTimestamp();
                 watchdog?.Halting(vcpu.Index, mode == LoadMode.Hlt);
-                vcpu.RunPhase(program, user: mode == LoadMode.Touch, report);
+                vcpu.RunPhase(program, user: mode == LoadMode.Touch, report, QuietLimit(options));
                 watchdog?.Halting(vcpu.Index, false);
                 VcpuReport.Add(report.PhaseNs, mode.ToString().ToLowerInvariant(), (long)Stopwatch.GetElapsedTime(started).TotalNanoseconds);
                 Account(mode, options.Count, report);

@@ -93,7 +93,7 @@ public static class KvmRunLayout
     public const int IoDirection = UnionOffset + 0, IoSize = UnionOffset + 1, IoPort = UnionOffset + 2;
     public const int IoCount = UnionOffset + 4, IoDataOffset = UnionOffset + 8;
     // union member mmio: __u64 phys_addr; __u8 data[8]; __u32 len; __u8 is_write
-    public const int MmioPhysAddr = UnionOffset + 0, MmioLen = UnionOffset + 16, MmioIsWrite = UnionOffset + 20;
+    public const int MmioPhysAddr = UnionOffset + 0, MmioData = UnionOffset + 8, MmioLen = UnionOffset + 16, MmioIsWrite = UnionOffset + 20;
     // union member internal: __u32 suberror
     public const int InternalSuberror = UnionOffset + 0;
 }
