@@ -233,7 +233,9 @@ public class AgentOnLoadTests
         }
         Thread.Sleep(TestTime.Ms(1000));
         Metrics second = agent.Scrape();
-        Assert.False(load.IsCompleted, "the VM ended before the steady state was looked at; the test proves nothing");
+        Assert.False(load.IsCompleted, load.IsFaulted
+            ? $"the VM failed before the steady state was looked at: {load.Exception!.GetBaseException().Message}"
+            : "the VM ended before the steady state was looked at; the test proves nothing");
         Assert.True(second.Sum("kvm_pio_total", ("vm", name)) > first.Sum("kvm_pio_total", ("vm", name)), "the VM did not run meanwhile");
         Assert.True(first.Sum("kvmobserve_attach_windows_total") > windowsBefore, "no window was opened for the new VM");
         // The window ran while the VM was being attached, however quickly: its time is counted, not 0 s.

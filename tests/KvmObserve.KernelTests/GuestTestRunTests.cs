@@ -32,4 +32,17 @@ public class GuestTestRunTests
         Assert.Equal("in the test VM (6.1.0-57-amd64 npt=Y): needs the tracefs ring-buffer memory map",
             results["KvmObserve.KernelTests.AgentOnLoadTests.Mapped"].SkipReason);
     }
+
+    /// <summary>load's words for a nested guest that left its program (MicroVcpu, VmRunner) earn a retry; a count that
+    /// is wrong, or load failing for any other reason, does not.</summary>
+    [Theory]
+    [InlineData("load failed (1): kvmobserve load: VM churn168-1-c4: vCPU 0: the guest shut down (triple fault) at rip 0xfff0 (program at 0x100000), rsp 0x0", true)]
+    [InlineData("kvmobserve overhead: VM overhead-b1: vCPU 1: guest exception #UD (vector 6) at rip 0x100013 (program at 0x110000), error code 0x0, cr2 0x0", true)]
+    [InlineData("kvmobserve load: VM load-0: vCPU 0: its guest went astray: no exit to the VMM for 61 s in a phase that makes one within 60 s", true)]
+    [InlineData("kvmobserve load: VM load-0: vCPU 0: unexpected exit 9 at rip 0x100000 (program at 0x100000), rsp 0x10fff0", false)]
+    [InlineData("Assert.Equal() Failure: Values differ\nExpected: 1000\nActual:   57", false)]
+    public void Only_a_workload_guest_that_left_its_program_earns_a_retry(string failure, bool retried)
+    {
+        Assert.Equal(retried, GuestTestRun.WorkloadGuestFailed().IsMatch(failure));
+    }
 }
