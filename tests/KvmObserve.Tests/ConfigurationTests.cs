@@ -35,6 +35,10 @@ public sealed class ConfigurationTests : IDisposable
         { ["--wakeup-percent", "101"], "", "kvmobserve: --wakeup-percent: 101 is outside 0..100" },
         // kind: duration
         { ["--vm-grace", "soon"], "", "kvmobserve: --vm-grace: 'soon' is not a duration (e.g. 500ms, 30s, 2m, 1h)" },
+        { ["--vm-grace", "99999999999999999999h"], "", "kvmobserve: --vm-grace: '99999999999999999999h' is longer than the longest duration taken (3650 days)" },
+        // not a flag at all
+        { ["--bogus-flag"], "", "kvmobserve: Unrecognized command or argument '--bogus-flag'. (kvmobserve --help lists the commands and options)" },
+        { ["load", "--vms"], "", "kvmobserve: Required argument missing for option: '--vms'. (kvmobserve --help lists the commands and options)" },
         { ["--otlp-endpoint", "http://127.0.0.1:4317", "--otlp-interval", "10ms"], "", "kvmobserve: --otlp-interval: '10ms' is shorter than 100ms" },
         // kind: URL
         { ["--otlp-endpoint", "127.0.0.1:4317"], "", "kvmobserve: --otlp-endpoint: '127.0.0.1:4317' is not an http:// or https:// URL (e.g. http://127.0.0.1:4317)" },

@@ -99,6 +99,9 @@ public sealed class AgentOptions
     /// <summary>The source a replay runs as (auto means replay when --replay is given).</summary>
     public string EffectiveSource => Replay is not null ? "replay" : Source;
 
+    /// <summary>Longer than any setting needs; far below what TimeSpan (and the timers it feeds) can hold.</summary>
+    private static readonly TimeSpan MaxDuration = TimeSpan.FromDays(3650);
+
     /// <summary>A duration as Prometheus writes them: 500ms, 30s, 2m, 1h (a bare number is seconds).</summary>
     public static TimeSpan ParseDuration(string value)
     {
@@ -110,6 +113,8 @@ public sealed class AgentOptions
             : (v, 1);
         if (!double.TryParse(digits, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out double n) || n < 0)
             throw new OptionException($"'{value}' is not a duration (e.g. 500ms, 30s, 2m, 1h)");
+        if (n * unit >= MaxDuration.TotalSeconds)
+            throw new OptionException($"'{value}' is longer than the longest duration taken ({MaxDuration.TotalDays:0} days)");
         return TimeSpan.FromSeconds(n * unit);
     }
 
