@@ -81,36 +81,37 @@ internal sealed unsafe class MicroVcpu : IDisposable
         Sys.Ioctl(_fd, KvmIoctl.SetMpState, (nint)(&mpState), "KVM_SET_MP_STATE");
     }
 
-    private long _lastExit;      // Stopwatch ticks: the phase's start, then each exit to this VMM
-    private long _quietLimit;    // ticks without one that mean the guest went astray; 0 outside a phase
+    private long _phaseStarted;  // Stopwatch ticks
+    private long _phaseLimit;    // ticks the phase may take; 0 outside a phase
 
-    /// <summary>How long the vCPU has run its phase without one exit to the VMM, where that is longer than the phase
-    /// allows: its guest went astray (under QEMU's emulated SVM a nested guest has, now and then, run on past its
-    /// program). Null while it is fine, or between phases.</summary>
+    /// <summary>How long the vCPU has run its phase, where that is longer than the phase may take: its guest went
+    /// astray (under QEMU's emulated SVM a nested guest has, now and then, run on past its program, or looped on).
+    /// Null while it is fine, or between phases.</summary>
     public TimeSpan? Astray()
     {
-        long limit = Volatile.Read(ref _quietLimit);
-        long quiet = Stopwatch.GetTimestamp() - Volatile.Read(ref _lastExit);
-        return limit > 0 && quiet > limit ? Stopwatch.GetElapsedTime(0, quiet) : null;
+        long limit = Volatile.Read(ref _phaseLimit);
+        long took = Stopwatch.GetTimestamp() - Volatile.Read(ref _phaseStarted);
+        return limit > 0 && took > limit ? Stopwatch.GetElapsedTime(0, took) : null;
     }
 
     /// <summary>Loads <paramref name="program"/> and runs it to the doorbell, counting every exit into the report.
-    /// <paramref name="quietLimit"/>: the longest the phase may run without an exit to the VMM.</summary>
-    public void RunPhase(byte[] program, bool user, VcpuReport report, TimeSpan quietLimit)
+    /// <paramref name="limit"/>: the longest the phase may take; <paramref name="exits"/>: the exits to the VMM its
+    /// program makes before the doorbell's (its PIO or MMIO operations; none in the other modes).</summary>
+    public void RunPhase(byte[] program, bool user, VcpuReport report, TimeSpan limit, long exits)
     {
-        Volatile.Write(ref _lastExit, Stopwatch.GetTimestamp());
-        Volatile.Write(ref _quietLimit, (long)(quietLimit.TotalSeconds * Stopwatch.Frequency));
+        Volatile.Write(ref _phaseStarted, Stopwatch.GetTimestamp());
+        Volatile.Write(ref _phaseLimit, (long)(limit.TotalSeconds * Stopwatch.Frequency));
         try
         {
-            RunPhase(program, user, report);
+            RunPhase(program, user, report, exits);
         }
         finally
         {
-            Volatile.Write(ref _quietLimit, 0);
+            Volatile.Write(ref _phaseLimit, 0);
         }
     }
 
-    private void RunPhase(byte[] program, bool user, VcpuReport report)
+    private void RunPhase(byte[] program, bool user, VcpuReport report, long exits)
     {
         ulong rip = GuestLayout.ProgramAddress(Index);
         program.CopyTo(_vm.Memory[(int)rip..]);
@@ -135,8 +136,12 @@ internal sealed unsafe class MicroVcpu : IDisposable
             }
             if (r < 0)
                 throw new NativeErrorException("KVM_RUN", -r);
-            Volatile.Write(ref _lastExit, Stopwatch.GetTimestamp());
             uint reason = *(uint*)(run + KvmRunLayout.ExitReasonOffset);
+            // A guest that loops on past its count (a register gone wrong) never reaches the doorbell. -1: the doorbell's
+            // own exit; the fault handler's reports are not the program's.
+            bool faultReport = reason == KvmExitReason.Mmio && (*(ulong*)(run + KvmRunLayout.MmioPhysAddr) & ~0xfffUL) == GuestLayout.FaultReport;
+            if (reason is KvmExitReason.Io or KvmExitReason.Mmio && !faultReport && --exits < -1)
+                throw new InvalidOperationException($"vCPU {Index}: its guest went astray: more exits than its program makes, at {Where()}");
             switch (reason)
             {
                 case KvmExitReason.Io:
