@@ -168,10 +168,11 @@ internal static class HostChecks
             string name = t.Status.Tracepoint.FullName;
             if (!t.Status.Available)
                 yield return new Finding(Verdict.Info, name, t.Status.Problem ?? "unavailable", "its metrics stay empty");
+            // Not seen firing is no [ok ]: that it exists and could be enabled is all that is known.
             else if (!probe)
-                yield return new Finding(Verdict.Ok, name, $"exists (id {t.Status.Id}), enabled={t.Enabled}", "");
+                yield return new Finding(Verdict.Info, name, $"exists (id {t.Status.Id}), {(t.Enabled ? "enabled" : "could not be enabled")}", "not probed (--no-probe)");
             else if (!vmProbe)
-                yield return new Finding(Verdict.Ok, name, $"exists (id {t.Status.Id}), enabled={t.Enabled}", "not probed: no VM can run here (/dev/kvm)");
+                yield return new Finding(Verdict.Info, name, $"exists (id {t.Status.Id}), {(t.Enabled ? "enabled" : "could not be enabled")}", "not probed: no VM can run here (/dev/kvm)");
             else if (seen > 0)
                 yield return new Finding(Verdict.Ok, name, $"exists, enabled, seen firing ({seen} in the probe)", "");
             else

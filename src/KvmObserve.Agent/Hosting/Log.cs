@@ -32,7 +32,7 @@ internal static partial class Log
     [LoggerMessage(18, LogLevel.Information, "Threads at nice {Nice} ({Reason})")]
     public static partial void NiceSet(ILogger logger, int nice, string reason);
 
-    [LoggerMessage(19, LogLevel.Warning, "No VM can run on this host: {Problem}. The agent runs, and its kvm series stay at zero until a KVM device appears")]
+    [LoggerMessage(19, LogLevel.Warning, "No VM can run on this host: {Problem}. The agent runs, and has no kvm series until a KVM device appears and a VM runs")]
     public static partial void NoKvmDevice(ILogger logger, string problem);
 
     [LoggerMessage(20, LogLevel.Warning, "KVM's VM-creation uevents cannot be read (errno {Errno}): VMs are found by procfs scans only, and the counts of one that lives less than --discovery-interval-ms may go to vm=\"unknown\"")]

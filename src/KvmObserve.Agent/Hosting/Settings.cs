@@ -19,7 +19,7 @@ public static class Settings
     public static readonly Setting Listen = new("Listen", "--listen", AgentOptionsDefaults.Listen,
         "HOST:PORT for /metrics. 9632 was marked free on Prometheus's default port allocations list (exporters, 9100-9999)");
     public static readonly Setting Source = new("Source", "--source", AgentOptionsDefaults.Source,
-        "Where events come from: auto, bpf, tracefs, perf, perf-count");
+        "Where events come from: auto, bpf, tracefs, perf, perf-count, replay (with --replay)");
     public static readonly Setting Metrics = new("Metrics", "--metrics", AgentOptionsDefaults.Metrics,
         "Metric groups to collect: all, or a comma-separated list of " + string.Join(", ", KvmObserve.Sources.MetricSelection.All));
     public static readonly Setting SeriesLimit = new("SeriesLimit", "--series-limit", "10000",
@@ -30,8 +30,8 @@ public static class Settings
         "How long an exited VM's series stay (a VM restarted under its name within it continues them)");
     public static readonly Setting BufferKb = new("BufferKb", "--buffer-kb", "0",
         "Per-CPU ring size in KiB of the tracefs instance or perf ring (0: 4096)");
-    public static readonly Setting WakeupPercent = new("WakeupPercent", "--wakeup-percent", "",
-        "How full a ring gets before its reader wakes (tracefs buffer_percent, perf watermark); empty: 25");
+    public static readonly Setting WakeupPercent = new("WakeupPercent", "--wakeup-percent", "25",
+        "How full a ring gets before its reader wakes (tracefs buffer_percent, perf watermark)");
     public static readonly Setting Nice = new("Nice", "--nice", "auto",
         "Nice value of the agent's threads: auto (19 when the source counts in the kernel, as bpf and perf-count do: its threads yield the CPU to vCPUs that want it, and its counts wait in the kernel; unchanged when it streams records, whose readers must keep up), or -20..19. The threads that find and name VMs keep the nice the agent started with: a VM can only be named while it runs");
     public static readonly Setting DiscoveryInterval = new("DiscoveryIntervalMs", "--discovery-interval-ms", "2000",
@@ -56,7 +56,7 @@ public static class Settings
     public static readonly Setting FlightRecorder = new("FlightRecorder:Directory", "--flight-recorder", "",
         "Directory for flight recordings: the raw records of each storm's first seconds (tracefs and perf sources); empty: off");
     public static readonly Setting FlightRecorderSeconds = new("FlightRecorder:Seconds", "--flight-recorder-seconds", "5",
-        "How much of a storm a recording keeps, counted from a second before the storm was detected");
+        "How much of a storm a recording keeps, counted from 2 s before the storm was detected");
     public static readonly Setting Replay = new("Replay", "--replay", "",
         "A flight recording to replay at its own pace as --source replay (demos, dashboards and rule tests without live VMs)");
 
