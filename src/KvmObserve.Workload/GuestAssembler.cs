@@ -67,6 +67,7 @@ internal sealed class GuestAssembler
     public GuestAssembler PopRax() => Bytes(0x58);
     public GuestAssembler PopRdx() => Bytes(0x5A);
     public GuestAssembler MovRcxFromStackTop() => Bytes(0x48, 0x8B, 0x0C, 0x24); // mov rcx, [rsp]
+    public GuestAssembler MovRcxFromStack(byte displacement) => Bytes(0x48, 0x8B, 0x4C, 0x24, displacement); // mov rcx, [rsp+d8]
     public GuestAssembler MovRaxCr2() => Bytes(0x0F, 0x20, 0xD0);
     public GuestAssembler StoreRaxAtRdi(byte displacement) => Bytes(0x48, 0x89, 0x47, displacement); // mov [rdi+d8], rax
     public GuestAssembler StoreRcxAtRdi(byte displacement) => Bytes(0x48, 0x89, 0x4F, displacement);

@@ -9,11 +9,12 @@ namespace KvmObserve.Workload;
 /// 0x8000        IDT             0xa000  GDT          0xb000         TSS (rsp0 = 0xe000)
 /// 0x10000       interrupt handler (counts into [r15]); 0x11000 one interrupt counter per vCPU (r15 points at it)
 /// 0x11800 + v*64         vCPU v's struct kvm_steal_time (MSR_KVM_STEAL_TIME)
+/// 0xe000-0xefff the exceptions' stack (IST1, top 0xf000)
 /// 0x14000       one 16-byte stub per other vector, then the fault handler (reports to 0xe0001000)
 /// 0x100000 + v*0x10000   vCPU v's program; its stack grows down from the top of that 64 KiB block
 /// 0x2000000 + v*slice    vCPU v's pages for touch mode
 /// 0xd0000000    MMIO target (no memslot: every store exits)     0xe0000000  doorbell: "phase done"
-/// 0xe0001000    fault report: vector, error code, RIP, CR2 (offsets 0, 8, 16, 24)
+/// 0xe0001000    fault report: vector, error code, RIP, CR2, RSP (offsets 0, 8, 16, 24, 32)
 /// </code>
 /// GDT in Linux's layout: 0x10 kernel CS, 0x18 kernel DS, 0x2b user DS, 0x33 user CS, 0x40 TSS.
 /// </summary>
@@ -21,6 +22,9 @@ internal static class GuestLayout
 {
     public const ulong Pml4 = 0x1000, Pdpt = 0x2000, PageDirectories = 0x3000;
     public const ulong Idt = 0x8000, Gdt = 0xa000, Tss = 0xb000, Rsp0 = 0xe000;
+    /// <summary>The exceptions' own stack (TSS IST1): an exception raised with a bad RSP is reported, where on that
+    /// RSP its delivery would fault twice more, into a triple fault.</summary>
+    public const ulong FaultStack = 0xf000;
     public const ulong InterruptHandler = 0x10000;
     public const ulong Counters = 0x11000;
     public const ulong ProgramBase = 0x100000, ProgramStride = 0x10000;
@@ -65,20 +69,22 @@ internal static class GuestLayout
         BinaryPrimitives.WriteUInt64LittleEndian(gdt[0x40..], tssLow);
         BinaryPrimitives.WriteUInt64LittleEndian(gdt[0x48..], Tss >> 32);
         BinaryPrimitives.WriteUInt64LittleEndian(memory[(int)(Tss + 4)..], Rsp0);
+        BinaryPrimitives.WriteUInt64LittleEndian(memory[(int)(Tss + 0x24)..], FaultStack); // IST1
 
         // 64-bit interrupt gates, DPL0, kernel CS: the timer vector's handler, and a reporting stub for every other.
         for (int v = 0; v < 256; v++)
-            WriteGate(memory[(int)(Idt + (ulong)v * 16)..], v == TimerVector ? InterruptHandler : FaultStubs + (ulong)(v * FaultStubSize));
+            WriteGate(memory[(int)(Idt + (ulong)v * 16)..], v == TimerVector ? InterruptHandler : FaultStubs + (ulong)(v * FaultStubSize),
+                ist: v < 32 ? (byte)1 : (byte)0);
 
         GuestPrograms.InterruptHandler().CopyTo(memory[(int)InterruptHandler..]);
         GuestPrograms.FaultHandlers().CopyTo(memory[(int)FaultStubs..]);
     }
 
-    private static void WriteGate(Span<byte> gate, ulong handler)
+    private static void WriteGate(Span<byte> gate, ulong handler, byte ist)
     {
         BinaryPrimitives.WriteUInt16LittleEndian(gate, (ushort)(handler & 0xffff));
         BinaryPrimitives.WriteUInt16LittleEndian(gate[2..], KernelCs);
-        gate[4] = 0;
+        gate[4] = ist;
         gate[5] = 0x8e;
         BinaryPrimitives.WriteUInt16LittleEndian(gate[6..], (ushort)(handler >> 16 & 0xffff));
         BinaryPrimitives.WriteUInt32LittleEndian(gate[8..], (uint)(handler >> 32));

@@ -23,7 +23,7 @@ internal static class GuestPrograms
 
     /// <summary>
     /// A stub for every vector but the timer's, 16 bytes apart from <see cref="GuestLayout.FaultStubs"/>, then the
-    /// handler they jump to. It reports vector, error code, faulting RIP and CR2 as four 8-byte stores to
+    /// handler they jump to. It reports vector, error code, faulting RIP, RSP and CR2 as five 8-byte stores to
     /// <see cref="GuestLayout.FaultReport"/> (MMIO exits the VMM reads), so that an exception the guest programs never
     /// expect is named, where without a gate it would become a triple fault (KVM_EXIT_SHUTDOWN), whose registers
     /// kvm_amd does not even keep.
@@ -40,8 +40,10 @@ internal static class GuestPrograms
             a.PushImm32((uint)v).Jmp(handler);
         }
         a.PadTo(handler);
+        // Left on the stack: RIP, CS, RFLAGS, RSP, SS of the interrupted code. CR2 goes last: it ends the report.
         a.PopRax().PopRdx().MovRcxFromStackTop().MovRdi(GuestLayout.FaultReport)
-            .StoreRaxAtRdi(0).StoreRdxAtRdi(8).StoreRcxAtRdi(16).MovRaxCr2().StoreRaxAtRdi(24);
+            .StoreRaxAtRdi(0).StoreRdxAtRdi(8).StoreRcxAtRdi(16).MovRcxFromStack(24).StoreRcxAtRdi(32)
+            .MovRaxCr2().StoreRaxAtRdi(24);
         return a.JmpSelf().ToArray();
     }
 

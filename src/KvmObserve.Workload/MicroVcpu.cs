@@ -169,7 +169,7 @@ internal sealed unsafe class MicroVcpu : IDisposable
                     return;
                 case KvmExitReason.Shutdown:
                     VcpuReport.Add(report.UserspaceExits, "SHUTDOWN", 1);
-                    throw new InvalidOperationException($"vCPU {Index}: the guest shut down (triple fault) at {Where()}");
+                    throw new InvalidOperationException($"vCPU {Index}: the guest shut down (triple fault); after it (kvm_amd resets the vCPU): {Where()}");
                 default:
                     VcpuReport.Add(report.UserspaceExits, reason.ToString(CultureInfo.InvariantCulture), 1);
                     throw new InvalidOperationException(reason == KvmExitReason.InternalError
@@ -179,10 +179,10 @@ internal sealed unsafe class MicroVcpu : IDisposable
         }
     }
 
-    private readonly ulong[] _fault = new ulong[4];
+    private readonly ulong[] _fault = new ulong[5];
 
-    /// <summary>One of the fault handler's four stores (<see cref="GuestPrograms.FaultHandlers"/>); the last, CR2,
-    /// ends the run with all four.</summary>
+    /// <summary>One of the fault handler's five stores (<see cref="GuestPrograms.FaultHandlers"/>); CR2, the last,
+    /// ends the run with all of them.</summary>
     private void NoteFault(ulong offset, ulong value)
     {
         if (offset % 8 != 0 || offset / 8 >= (ulong)_fault.Length)
@@ -191,7 +191,7 @@ internal sealed unsafe class MicroVcpu : IDisposable
         if (offset / 8 == 3)
             throw new InvalidOperationException(
                 $"vCPU {Index}: guest exception {GuestPrograms.VectorName(_fault[0])} at rip 0x{_fault[2]:x} (program at " +
-                $"0x{GuestLayout.ProgramAddress(Index):x}), error code 0x{_fault[1]:x}, cr2 0x{_fault[3]:x}");
+                $"0x{GuestLayout.ProgramAddress(Index):x}), rsp 0x{_fault[4]:x}, error code 0x{_fault[1]:x}, cr2 0x{_fault[3]:x}");
     }
 
     /// <summary>Where the vCPU stands, for an error (kvm_amd resets its state on a shutdown: the values are then

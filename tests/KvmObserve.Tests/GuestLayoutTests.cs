@@ -21,6 +21,7 @@ public sealed class GuestLayoutTests
         ReadOnlySpan<byte> gate = Memory.AsSpan((int)GuestLayout.Idt + vector * 16, 16);
         Assert.Equal(GuestLayout.KernelCs, BinaryPrimitives.ReadUInt16LittleEndian(gate[2..]));
         Assert.Equal(0x8e, gate[5]); // present, DPL0, 64-bit interrupt gate
+        Assert.Equal(vector < 32 ? 1 : 0, gate[4]); // exceptions on their own stack (IST1)
         return BinaryPrimitives.ReadUInt16LittleEndian(gate)
             | (ulong)BinaryPrimitives.ReadUInt16LittleEndian(gate[6..]) << 16
             | (ulong)BinaryPrimitives.ReadUInt32LittleEndian(gate[8..]) << 32;
@@ -60,19 +61,21 @@ public sealed class GuestLayoutTests
     }
 
     [Fact]
-    public void The_fault_handler_reports_vector_error_code_rip_and_cr2_to_the_fault_page()
+    public void The_fault_handler_reports_vector_error_code_rip_rsp_and_cr2_to_the_fault_page()
     {
-        ReadOnlySpan<byte> handler = Memory.AsSpan((int)GuestLayout.FaultStubs + 256 * GuestLayout.FaultStubSize, 40);
+        ReadOnlySpan<byte> handler = Memory.AsSpan((int)GuestLayout.FaultStubs + 256 * GuestLayout.FaultStubSize, 64);
         byte[] expected =
         [
             0x58, 0x5A, 0x48, 0x8B, 0x0C, 0x24,                   // pop rax (vector); pop rdx (error code); mov rcx, [rsp] (rip)
             0x48, 0xBF, 0x00, 0x10, 0x00, 0xE0, 0, 0, 0, 0,       // mov rdi, 0xe0001000
             0x48, 0x89, 0x47, 0x00, 0x48, 0x89, 0x57, 0x08,       // mov [rdi], rax; mov [rdi+8], rdx
-            0x48, 0x89, 0x4F, 0x10, 0x0F, 0x20, 0xD0,             // mov [rdi+16], rcx; mov rax, cr2
-            0x48, 0x89, 0x47, 0x18, 0xEB, 0xFE,                   // mov [rdi+24], rax; jmp $
+            0x48, 0x89, 0x4F, 0x10,                               // mov [rdi+16], rcx
+            0x48, 0x8B, 0x4C, 0x24, 0x18, 0x48, 0x89, 0x4F, 0x20, // mov rcx, [rsp+24] (rsp); mov [rdi+32], rcx
+            0x0F, 0x20, 0xD0, 0x48, 0x89, 0x47, 0x18, 0xEB, 0xFE, // mov rax, cr2; mov [rdi+24], rax; jmp $
         ];
         Assert.Equal(expected, handler[..expected.Length].ToArray());
         Assert.Equal(0xe0001000UL, GuestLayout.FaultReport);
+        Assert.Equal(GuestLayout.FaultStack, BinaryPrimitives.ReadUInt64LittleEndian(Memory.AsSpan((int)GuestLayout.Tss + 0x24))); // IST1
     }
 
     [Theory]
