@@ -139,9 +139,14 @@ public class PerfCountWindowTests
         worker.Start(); // new to the source: it gets the kvmmmu counters at the scan the open brings
         try
         {
+            long before = WindowsOf(source).Windows;
             using SafeFd kvm = Sys.Open("/dev/kvm", write: true); // a VMM's first step: no VM fd yet
-            Thread.Sleep(100);
+            // The open's window: within a poll here, later in the test VM, where a fixed 100 ms once read the count
+            // before the window opened.
+            for (DateTime until = DateTime.UtcNow + TestTime.Seconds(5); WindowsOf(source).Windows == before && DateTime.UtcNow < until;)
+                Thread.Sleep(10);
             long windows = WindowsOf(source).Windows;
+            Assert.True(windows > before, "an open of /dev/kvm opened no window");
             Assert.True(Open(), "the window of an open of /dev/kvm closed when a thread that runs no vCPU got counters");
             Assert.Equal(windows, WindowsOf(source).Windows); // the same window, held
         }
