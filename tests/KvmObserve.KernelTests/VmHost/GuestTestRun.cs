@@ -46,6 +46,7 @@ public static partial class GuestTestRun
     private static readonly List<VmTestCase> Planned = new();
     private static Dictionary<string, GuestResult>? _results;
     private static string? _failure;
+    private static bool _freshBoot; // the batch's hung test gets its next try in a new guest
 
     /// <summary>VM tests run in the test VM: this host has no /dev/kvm.</summary>
     public static bool RunsHere => !File.Exists(Native.Kvm.KvmDevice.Node);
@@ -109,8 +110,9 @@ public static partial class GuestTestRun
             else if (vm.NestedPaging != nested)
                 vm.SetNestedPaging(nested);
             string tag = $"{paging}{attempt}";
+            _freshBoot = false;
             string? trouble = RunBatch(vm, left, tag, deadline);
-            if (trouble is not null && vm.Stalled)
+            if (trouble is not null && (vm.Stalled || _freshBoot))
             {
                 vm.Dispose();
                 vm = null;
@@ -172,6 +174,7 @@ public static partial class GuestTestRun
         }
         string trx = Path.Combine(vm.Share, tag, $"{tag}.trx");
         var got = File.Exists(trx) ? ParseTrx(File.ReadAllText(trx), vm.Description).ToList() : ParseConsole(output, vm.Description).ToList();
+        var retried = new HashSet<string>(StringComparer.Ordinal);
         foreach ((string test, GuestResult result) in got)
         {
             // A workload VM whose nested guest went astray (load's own words) failed under QEMU's emulated SVM, as the
@@ -180,22 +183,31 @@ public static partial class GuestTestRun
                 && (GuestDeaths[test] = GuestDeaths.GetValueOrDefault(test) + 1) <= DeathRetries)
             {
                 Console.Error.WriteLine($"test VM: {test} gets another try, its workload's guest failed under QEMU: {failure}");
+                retried.Add(test);
                 continue;
             }
             _results![test] = result;
         }
         // The test that was running when vstest's blame or the stall ended the batch: started, and no result.
         string[] begun = File.Exists(started) ? File.ReadAllLines(started) : [];
-        if (begun.LastOrDefault(t => !_results!.ContainsKey(t)) is string hung && cases.Any(c => c.DisplayName == hung))
+        // (Not one whose retry was just decided: it ended, with no result kept; one begun after it hung.)
+        if (begun.LastOrDefault(t => !_results!.ContainsKey(t) && !retried.Contains(t)) is string hung && cases.Any(c => c.DisplayName == hung))
         {
             trouble ??= $"it ran past {TestLimit.TotalMinutes:0} minutes, and vstest's blame ended the batch:\n{Tail(output)}";
             // A guest kernel that hangs or panics (it has, in QEMU's emulation of SVM, at random) gets the test that
-            // was running another try in a fresh boot, DeathRetries times; the same end once more is the test's.
-            int deaths = GuestDeaths[hung] = GuestDeaths.GetValueOrDefault(hung) + (vm.Stalled ? 1 : 0);
-            if (vm.Stalled && deaths <= DeathRetries)
+            // was running another try in a fresh boot, DeathRetries times; the same end once more is the test's. So
+            // does a test that ran past its limit in a live guest: QEMU has hung load's nested guests for minutes
+            // (twice a CI-like run's retried test hung so, after 20 minutes of that guest).
+            int deaths = GuestDeaths[hung] = GuestDeaths.GetValueOrDefault(hung) + 1;
+            if (deaths <= DeathRetries)
+            {
                 Console.Error.WriteLine($"test VM: {hung} gets another try in a fresh boot: {trouble}");
+                _freshBoot = true;
+            }
             else
+            {
                 _results![hung] = GuestResult.Failed($"in the test VM ({vm.Description}): {trouble}");
+            }
         }
         return trouble;
     }
