@@ -11,7 +11,7 @@ namespace KvmObserve.Aggregation;
 /// A fixed open-addressing table; a slot is claimed by compare-and-swap of its tid and changed under its own spin
 /// lock (uncontended but for migrations). Slots of exited threads are freed by the aggregator.
 /// </summary>
-public sealed class ThreadStates
+public sealed partial class ThreadStates
 {
     private const int Empty = 0, Freed = -1;
 
@@ -25,10 +25,6 @@ public sealed class ThreadStates
     private long _full;
     private readonly long[] _dropped = new long[4];
 
-    /// <summary>Per CPU, the newest trace time its reader has handled; 16 longs apart so readers do not share lines.</summary>
-    /// <summary>Per CPU: [0] its watermark, [1] 1 once it is read.</summary>
-    private readonly long[] _watermarks;
-    private const int WatermarkStride = 16;
 
     public ThreadStates(int capacity = 16_384, int cpus = 1024)
     {
@@ -39,73 +35,6 @@ public sealed class ThreadStates
         _watermarks = new long[Math.Max(cpus, 1) * WatermarkStride];
     }
 
-    /// <summary>The reader of <paramref name="cpu"/> has handled every record of its CPU up to <paramref name="ts"/>.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public void Advance(int cpu, ulong ts)
-    {
-        int i = cpu * WatermarkStride;
-        if ((uint)i < (uint)_watermarks.Length)
-        {
-            Volatile.Write(ref _watermarks[i], (long)ts);
-            if (_watermarks[i + 1] == 0)
-                Reads(cpu);
-        }
-    }
-
-    /// <summary>The reader of <paramref name="cpu"/> has drained its ring (everything before <paramref name="ts"/>):
-    /// besides <see cref="Advance"/>, how far every CPU has been read is worked out again for the hot path.</summary>
-    public void CaughtUp(int cpu, ulong ts)
-    {
-        Advance(cpu, ts);
-        ulong all = ReadEverywhere();
-        if (all > (ulong)Volatile.Read(ref _readTo))
-            Volatile.Write(ref _readTo, (long)all);
-    }
-
-    private long _readTo;
-
-    /// <summary>How far every CPU had been read when a reader last caught up (see <see cref="CaughtUp"/>).</summary>
-    internal ulong ReadTo => (ulong)Volatile.Read(ref _readTo);
-
-    /// <summary>A reader of <paramref name="cpu"/> exists: until it has read up to a time, no pair across that time is
-    /// closed for want of what this CPU may still hold. (A CPU that has advanced is counted in anyway.)</summary>
-    public void Reads(int cpu)
-    {
-        int i = cpu * WatermarkStride;
-        if ((uint)i >= (uint)_watermarks.Length || Interlocked.Exchange(ref _watermarks[i + 1], 1) == 1)
-            return;
-        lock (_readCpus)
-            _readCpus.Add(cpu);
-        _readCpusArray = [.. _readCpus];
-    }
-
-    private readonly List<int> _readCpus = new();
-    private volatile int[] _readCpusArray = [];
-
-    /// <summary>How far every CPU that is read has been read (trace time): no record older than this is still to come.
-    /// ulong.MaxValue where no CPU is read.</summary>
-    internal ulong ReadEverywhere()
-    {
-        ulong min = ulong.MaxValue;
-        foreach (int cpu in _readCpusArray)
-            min = Math.Min(min, (ulong)Volatile.Read(ref _watermarks[cpu * WatermarkStride]));
-        return min;
-    }
-
-    /// <summary>CLOCK_MONOTONIC in ns (Stopwatch's clock on Linux): the trace clock the sources ask the kernel for.</summary>
-    public static ulong MonotonicNow()
-    {
-        long t = System.Diagnostics.Stopwatch.GetTimestamp();
-        long f = System.Diagnostics.Stopwatch.Frequency;
-        return f == 1_000_000_000 ? (ulong)t : (ulong)((UInt128)(ulong)t * 1_000_000_000 / (ulong)f);
-    }
-
-    /// <summary>How far the reader of <paramref name="cpu"/> has read (trace time).</summary>
-    internal ulong Watermark(int cpu)
-    {
-        int i = cpu * WatermarkStride;
-        return (uint)i < (uint)_watermarks.Length ? (ulong)Volatile.Read(ref _watermarks[i]) : ulong.MaxValue;
-    }
 
     /// <summary>Latency pairs that were dropped instead of measured.</summary>
     public long PairsDropped(PairKind kind, PairDrop why) => Volatile.Read(ref _dropped[(int)kind * 2 + (int)why]);
@@ -174,18 +103,6 @@ public sealed class ThreadStates
     /// <summary>Records that found no free slot (their pairing and halt state were skipped).</summary>
     public long Full => Volatile.Read(ref _full);
 
-    /// <summary>A reader learnt that records of <paramref name="cpu"/> were lost: pairs open across the gap are dropped.</summary>
-    public void NoteLoss(int cpu)
-    {
-        if ((uint)cpu < (uint)_lossGenerationByCpu.Length)
-            Interlocked.Increment(ref _lossGenerationByCpu[cpu]);
-        Interlocked.Increment(ref _lossGeneration);
-    }
-
-    internal long LossGeneration(int cpu) =>
-        (uint)cpu < (uint)_lossGenerationByCpu.Length ? Volatile.Read(ref _lossGenerationByCpu[cpu]) : Volatile.Read(ref _lossGeneration);
-
-    internal long GlobalLossGeneration => Volatile.Read(ref _lossGeneration);
 
     /// <summary>The slot index of <paramref name="tid"/>, claiming a free one; -1 when the table is full.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
