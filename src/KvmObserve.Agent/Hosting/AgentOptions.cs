@@ -74,8 +74,7 @@ public sealed class AgentOptions
         FlightRecorderDirectory = s.Parse(Settings.FlightRecorder, v => v.Trim().Length == 0 ? null : v.Trim()),
         FlightRecorderSeconds = s.Parse(Settings.FlightRecorderSeconds, v =>
             ParseDuration(v) is { TotalSeconds: >= 1 and <= 600 } d ? d : throw new OptionException($"'{v}' is outside 1s..10m")),
-        Replay = s.Parse(Settings.Replay, v => v.Trim().Length == 0 ? null
-            : File.Exists(v.Trim()) ? v.Trim() : throw new OptionException($"'{v}': no such file")),
+        Replay = s.Parse(Settings.Replay, v => v.Trim().Length == 0 ? null : CheckRecording(v.Trim())),
         TracefsMmap = s.Parse(Settings.TracefsMmap, v => bool.TryParse(v.Trim(), out bool b) ? b : throw new OptionException($"'{v}' is not true or false")),
         BpfMapEntries = s.Parse(Settings.BpfMapEntries, v => (uint)LayeredSettings.Int(v, 64, 16 * 1024 * 1024)),
         BpfStats = s.Parse(Settings.BpfStats, v => bool.TryParse(v.Trim(), out bool b) ? b : throw new OptionException($"'{v}' is not true or false")),
@@ -100,6 +99,22 @@ public sealed class AgentOptions
     public string EffectiveSource => Replay is not null ? "replay" : Source;
 
     /// <summary>Longer than any setting needs; far below what TimeSpan (and the timers it feeds) can hold.</summary>
+    /// <summary>A recording that cannot be replayed is a bad setting, found before anything starts.</summary>
+    private static string CheckRecording(string path)
+    {
+        if (!File.Exists(path))
+            throw new OptionException($"'{path}': no such file");
+        try
+        {
+            _ = KvmObserve.Sources.Recording.FlightRecording.Read(File.ReadAllBytes(path));
+            return path;
+        }
+        catch (Exception e) when (e is FormatException or IOException or UnauthorizedAccessException)
+        {
+            throw new OptionException($"'{path}': {e.Message}");
+        }
+    }
+
     private static readonly TimeSpan MaxDuration = TimeSpan.FromDays(3650);
 
     /// <summary>A duration as Prometheus writes them: 500ms, 30s, 2m, 1h (a bare number is seconds).</summary>

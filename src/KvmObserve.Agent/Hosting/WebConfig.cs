@@ -31,9 +31,10 @@ public sealed class WebConfig
         {
             throw new OptionException($"cannot read '{path}': {e.Message}");
         }
-        catch (YamlException e)
+        catch (Exception e) when (e is YamlException or InvalidOperationException or ArgumentException)
         {
-            throw new OptionException($"{path}: not YAML: {e.Message}");
+            // YamlDotNet reports some malformed documents as the latter two, not as YamlException.
+            throw new OptionException($"{path}: not YAML: {e.Message.Split('\n')[0]}");
         }
         string dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
         X509Certificate2? certificate = null;
@@ -41,7 +42,7 @@ public sealed class WebConfig
         var users = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach ((YamlNode keyNode, YamlNode value) in root.Children)
         {
-            string key = ((YamlScalarNode)keyNode).Value ?? "";
+            string key = Scalar(path, "a top-level key", keyNode);
             switch (key)
             {
                 case "tls_server_config":
@@ -68,7 +69,7 @@ public sealed class WebConfig
         string? cert = null, key = null;
         foreach ((YamlNode k, YamlNode v) in tls.Children)
         {
-            string name = ((YamlScalarNode)k).Value ?? "";
+            string name = Scalar(path, "a key of tls_server_config", k);
             switch (name)
             {
                 case "cert_file": cert = Path.Combine(dir, Scalar(path, "tls_server_config.cert_file", v)); break;

@@ -18,6 +18,9 @@ namespace KvmObserve.Decoding.Format;
 /// </summary>
 public static class EventFormatParser
 {
+    /// <summary>No record or page header is larger than a ring-buffer sub-buffer (at most a few MiB).</summary>
+    public const int MaxRecordBytes = 1 << 24;
+
     public static EventFormat Parse(string system, string text)
     {
         string? name = null;
@@ -43,6 +46,8 @@ public static class EventFormatParser
             throw new FormatException($"format of {system}:{name}: no 'ID:' line");
         if (fields.Count == 0)
             throw new FormatException($"format of {system}:{name}: no fields");
+        if (id > ushort.MaxValue)
+            throw new FormatException($"format of {system}:{name}: ID {id} does not fit common_type (16 bits)");
         return new EventFormat(system, name, id, fields, printFormat);
     }
 
@@ -66,6 +71,8 @@ public static class EventFormatParser
         }
         if (declaration.Length == 0 || offset < 0 || size <= 0)
             throw new FormatException($"line {lineIndex + 1}: not a field line: '{line}'");
+        if ((long)offset + size > MaxRecordBytes)
+            throw new FormatException($"line {lineIndex + 1}: field ends at {(long)offset + size}, past any ring-buffer page");
         return new FieldFormat(FieldName(declaration), declaration, offset, size, signed);
     }
 

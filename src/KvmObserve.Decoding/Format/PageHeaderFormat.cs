@@ -40,6 +40,8 @@ public readonly record struct PageHeaderFormat(int TimestampOffset, int CommitOf
             throw new FormatException("header_page: expected fields timestamp, commit and data");
         if (timestamp.Value.Size != 8 || commit.Value.Size is not (4 or 8))
             throw new FormatException($"header_page: unsupported sizes (timestamp {timestamp.Value.Size}, commit {commit.Value.Size})");
+        if (timestamp.Value.End > data.Value.Offset || commit.Value.End > data.Value.Offset)
+            throw new FormatException($"header_page: timestamp and commit must come before data at offset {data.Value.Offset}");
         return new PageHeaderFormat(timestamp.Value.Offset, commit.Value.Offset, commit.Value.Size, data.Value.Offset, data.Value.Size);
     }
 }

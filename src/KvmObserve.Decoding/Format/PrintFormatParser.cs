@@ -29,7 +29,9 @@ public static class PrintFormatParser
                     break;
                 pos++;
                 string valueText = ReadUntilTopLevel(printFormat, ref pos, ',', '}');
-                if (pos < printFormat.Length && printFormat[pos] == '}')
+                if (pos >= printFormat.Length)
+                    break; // cut short: the entry has no name
+                if (printFormat[pos] == '}')
                 {
                     pos++; // "{ }": an empty table
                     SkipSpace(printFormat, ref pos);
@@ -37,6 +39,8 @@ public static class PrintFormatParser
                 }
                 pos++; // ','
                 string nameText = ReadUntilTopLevel(printFormat, ref pos, '}', '}');
+                if (pos >= printFormat.Length)
+                    break;
                 pos++; // '}'
                 SkipSpace(printFormat, ref pos);
                 if (TryEvaluate(valueText, out long value))
@@ -73,6 +77,7 @@ public static class PrintFormatParser
             else if (depth > 0 && c is ')' or '}' or ']') depth--;
             else if (depth == 0 && (c == stop || c == close)) break;
         }
+        pos = Math.Min(pos, s.Length); // a trailing backslash steps past the end
         return s[start..pos];
     }
 
@@ -114,8 +119,11 @@ public static class PrintFormatParser
 
     private ref struct ExpressionParser(string text)
     {
+        // Kernel tables nest two or three deep; a bound keeps hostile text from exhausting the stack.
+        private const int MaxDepth = 64;
         private readonly string _text = text;
         private int _pos;
+        private int _depth;
 
         public readonly bool AtEnd => _pos >= _text.Length;
 
@@ -137,7 +145,7 @@ public static class PrintFormatParser
         {
             long v = ParseSum();
             while (Accept("<<"))
-                v <<= (int)ParseSum();
+                v <<= (int)(ParseSum() & 63);
             return v;
         }
 
@@ -154,15 +162,24 @@ public static class PrintFormatParser
 
         private long ParseUnary()
         {
-            if (Accept('-')) return -ParseUnary();
-            if (Accept('~')) return ~ParseUnary();
-            if (Accept('('))
+            if (++_depth > MaxDepth)
+                throw new FormatException($"nested more than {MaxDepth} deep");
+            try
             {
-                long inner = ParseOr();
-                if (!Accept(')')) throw new FormatException("missing ')'");
-                return inner;
+                if (Accept('-')) return -ParseUnary();
+                if (Accept('~')) return ~ParseUnary();
+                if (Accept('('))
+                {
+                    long inner = ParseOr();
+                    if (!Accept(')')) throw new FormatException("missing ')'");
+                    return inner;
+                }
+                return ParseNumber();
             }
-            return ParseNumber();
+            finally
+            {
+                _depth--;
+            }
         }
 
         private long ParseNumber()

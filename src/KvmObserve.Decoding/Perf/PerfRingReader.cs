@@ -34,6 +34,12 @@ public static class PerfRingReader
         if (!System.Numerics.BitOperations.IsPow2(data.Length))
             throw new ArgumentException("the perf data area is a power of two in size", nameof(data));
         ulong mask = (ulong)data.Length - 1;
+        if (head - tail > (ulong)data.Length && tail < head)
+        {
+            // More than the ring holds: the positions are wrong, and no record boundary in between can be trusted.
+            handler.OnCorruptRing(tail);
+            return head;
+        }
         while (tail < head)
         {
             ulong available = head - tail;
@@ -73,8 +79,8 @@ public static class PerfRingReader
                     handler.OnMalformedRecord(type);
                     return;
                 }
-                int rawSize = (int)BinaryPrimitives.ReadUInt32LittleEndian(record.Slice(SampleFixedSize - 4));
-                if (rawSize > record.Length - SampleFixedSize)
+                uint rawSize = BinaryPrimitives.ReadUInt32LittleEndian(record.Slice(SampleFixedSize - 4));
+                if (rawSize > (uint)(record.Length - SampleFixedSize))
                 {
                     handler.OnMalformedRecord(type);
                     return;
@@ -83,7 +89,7 @@ public static class PerfRingReader
                 int tid = BinaryPrimitives.ReadInt32LittleEndian(record.Slice(HeaderSize + 4));
                 ulong time = BinaryPrimitives.ReadUInt64LittleEndian(record.Slice(HeaderSize + 8));
                 int cpu = BinaryPrimitives.ReadInt32LittleEndian(record.Slice(HeaderSize + 16));
-                handler.OnSample(time, pid, tid, cpu, record.Slice(SampleFixedSize, rawSize));
+                handler.OnSample(time, pid, tid, cpu, record.Slice(SampleFixedSize, (int)rawSize));
                 return;
             case 2: // PERF_RECORD_LOST: u64 id, u64 lost
                 if (record.Length < HeaderSize + 16)

@@ -60,14 +60,14 @@ public static class FlightRecording
         ReadOnlySpan<byte> file = bytes;
         if (file.Length < Magic.Length + 4 || !file[..Magic.Length].SequenceEqual(Magic))
             throw new FormatException("not a KvmObserve flight recording (no KVMOFR01 magic at offset 0x0)");
-        int headerLength = (int)BinaryPrimitives.ReadUInt32LittleEndian(file[Magic.Length..]);
+        uint headerLength = BinaryPrimitives.ReadUInt32LittleEndian(file[Magic.Length..]);
         int at = Magic.Length + 4;
-        if (headerLength < 0 || at + headerLength > file.Length)
+        if (headerLength > (uint)(file.Length - at))
             throw new FormatException($"header of {headerLength} bytes runs past the end of the file at offset 0x{at:x}");
         RecordingHeader header;
         try
         {
-            header = JsonSerializer.Deserialize<RecordingHeader>(file.Slice(at, headerLength), Json)
+            header = JsonSerializer.Deserialize<RecordingHeader>(file.Slice(at, (int)headerLength), Json)
                 ?? throw new FormatException("empty header");
         }
         catch (JsonException e)
@@ -76,23 +76,44 @@ public static class FlightRecording
         }
         if (header.Version != 1)
             throw new FormatException($"recording version {header.Version}; this agent reads version 1");
-        at += headerLength;
+        CheckHeader(header, at);
+        at += (int)headerLength;
         var records = new List<RecordedRecord>();
         while (at < file.Length)
         {
             if (at + RecordHeaderSize > file.Length)
                 throw new FormatException($"record header cut short at offset 0x{at:x}");
-            int length = (int)BinaryPrimitives.ReadUInt32LittleEndian(file[at..]);
+            uint length = BinaryPrimitives.ReadUInt32LittleEndian(file[at..]);
             ushort cpu = BinaryPrimitives.ReadUInt16LittleEndian(file[(at + 4)..]);
             ushort kind = BinaryPrimitives.ReadUInt16LittleEndian(file[(at + 6)..]);
             ulong ts = BinaryPrimitives.ReadUInt64LittleEndian(file[(at + 8)..]);
-            int padded = (length + 7) & ~7;
-            if (length < 0 || at + RecordHeaderSize + padded > file.Length)
+            long padded = (length + 7L) & ~7L;
+            if (padded > file.Length - at - RecordHeaderSize)
                 throw new FormatException($"record of {length} bytes at offset 0x{at:x} runs past the end of the file");
-            records.Add(new RecordedRecord(ts, cpu, kind, bytes.AsMemory(at + RecordHeaderSize, length)));
-            at += RecordHeaderSize + padded;
+            records.Add(new RecordedRecord(ts, cpu, kind, bytes.AsMemory(at + RecordHeaderSize, (int)length)));
+            at += RecordHeaderSize + (int)padded;
         }
         return (header, records);
+    }
+
+    /// <summary>JSON leaves any member out or null; the pipeline needs every thread named.</summary>
+    private static void CheckHeader(RecordingHeader header, int at)
+    {
+        if (header.Formats is null || header.Formats.Any(f => f.Value is null))
+            throw new FormatException($"header at offset 0x{at:x}: 'formats' must map each tracepoint to its format file");
+        if (header.Threads is null)
+            throw new FormatException($"header at offset 0x{at:x}: 'threads' must be a list");
+        foreach (RecordedThread? t in header.Threads)
+        {
+            if (t is null || t.Vm is null || t.Vmm is null || t.Uuid is null)
+                throw new FormatException($"header at offset 0x{at:x}: thread {t?.Tid.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "null"} needs vm, vmm and uuid");
+        }
+        header.Host ??= "";
+        header.Vm ??= "";
+        header.Source ??= "";
+        header.Reason ??= "";
+        header.Kernel ??= "";
+        header.Created ??= "";
     }
 
     public static byte[] SchedstatPayload(int tid, ulong runNs, ulong waitNs)

@@ -24,8 +24,20 @@ public sealed class ReplaySource : IEventSource
     private volatile bool _stopping;
 
     public ReplaySource(string path, Aggregator aggregator, SchedstatCollector? schedstat, double speed, bool loop)
+        : this(FlightRecording.Read(File.ReadAllBytes(path)), aggregator, schedstat, speed, loop)
     {
-        (_header, _records) = FlightRecording.Read(File.ReadAllBytes(path));
+    }
+
+    public ReplaySource(RecordingHeader header, List<RecordedRecord> records, Aggregator aggregator, SchedstatCollector? schedstat,
+        double speed, bool loop)
+        : this((header, records), aggregator, schedstat, speed, loop)
+    {
+    }
+
+    private ReplaySource((RecordingHeader Header, List<RecordedRecord> Records) recording, Aggregator aggregator,
+        SchedstatCollector? schedstat, double speed, bool loop)
+    {
+        (_header, _records) = recording;
         _aggregator = aggregator;
         _schedstat = schedstat;
         _speed = speed;
@@ -91,12 +103,16 @@ public sealed class ReplaySource : IEventSource
         Shard[] shards = _aggregator.Shards.ToArray();
         ulong first = _records[0].Timestamp;
         ulong last = baseNs;
+        ulong previous = 0;
         var clock = System.Diagnostics.Stopwatch.StartNew();
         foreach (RecordedRecord r in _records)
         {
             if (_stopping)
                 break;
-            ulong offset = r.Timestamp - first;
+            // A record earlier than the one before it (the file promises order; a damaged one may not keep it) is
+            // delivered at that one's time: unsigned, its offset would wrap and pacing would wait for centuries.
+            ulong offset = Math.Max(r.Timestamp > first ? r.Timestamp - first : 0, previous);
+            previous = offset;
             if (paced)
             {
                 double dueMs = offset / 1e6 / _speed;
@@ -129,6 +145,9 @@ public sealed class ReplaySource : IEventSource
             _passes++;
         return last;
     }
+
+    /// <summary>Waits for a replay that does not loop to deliver its last record.</summary>
+    public bool WaitForEnd(TimeSpan timeout) => _thread?.Join(timeout) ?? true;
 
     public void Stop()
     {
