@@ -73,4 +73,74 @@ public class CleanupTests
         Assert.Equal(2, p.ExitCode);
         Assert.Equal("kvmobserve: --listen: 'nowhere' is not HOST:PORT (e.g. 127.0.0.1:9632)", stderr.Trim());
     }
+
+    [KernelFact(Kvm = false)]
+    public void A_port_in_use_stops_startup_with_one_line_and_leaves_no_kernel_state()
+    {
+        string before = KernelState.GlobalEnabledEvents();
+        using var taken = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        taken.Start();
+        int port = ((System.Net.IPEndPoint)taken.LocalEndpoint).Port;
+        var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true };
+        foreach (string a in new[] { Path.Combine(AppContext.BaseDirectory, "kvmobserve.dll"), "run", "--source", "tracefs", "--listen", $"127.0.0.1:{port}" })
+            psi.ArgumentList.Add(a);
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        string stderr = p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        Assert.Equal(2, p.ExitCode);
+        Assert.Equal($"kvmobserve: --listen 127.0.0.1:{port}: the address is in use (another agent?)", stderr.Trim());
+        Assert.Empty(KernelState.InstancesOf(p.Id));
+        Assert.Equal(before, KernelState.GlobalEnabledEvents());
+    }
+
+    [KernelFact(Kvm = false)]
+    public void A_stale_instance_whose_pid_now_runs_something_else_is_removed()
+    {
+        // PID 1 runs, and is not an agent: an instance named for it is a dead agent's, its PID reused.
+        string stale = Path.Combine(KernelState.Tracefs, "instances", "kvmobserve-1");
+        Directory.CreateDirectory(stale);
+        try
+        {
+            Assert.Contains("kvmobserve-1", KvmObserve.Sources.Tracefs.TracefsInstance.RemoveStale(KernelState.Tracefs));
+            Assert.False(Directory.Exists(stale));
+        }
+        finally
+        {
+            if (Directory.Exists(stale))
+                Directory.Delete(stale);
+        }
+    }
+
+    [KernelFact(Kvm = false)]
+    public void An_agent_that_overhead_started_is_stopped_not_killed_when_its_arm_ends()
+    {
+        var child = new KvmObserve.Agent.Overhead.Child("dotnet",
+            [Path.Combine(AppContext.BaseDirectory, "kvmobserve.dll"), "run", "--source", "tracefs", "--listen", $"127.0.0.1:{Agent.FreePort()}"]);
+        int pid = child.Pid;
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        while (KernelState.InstancesOf(pid).Count == 0 && waited.Elapsed < TimeSpan.FromSeconds(60))
+            Thread.Sleep(100);
+        Assert.Single(KernelState.InstancesOf(pid));
+        child.Dispose(); // what an overhead run does when an arm ends, and on SIGTERM, SIGINT or SIGHUP
+        Assert.Empty(KernelState.InstancesOf(pid));
+    }
+
+    [KernelFact(Kvm = false)]
+    public void Sigterm_at_any_moment_of_startup_leaves_nothing()
+    {
+        string before = KernelState.GlobalEnabledEvents();
+        foreach (int delayMs in new[] { 150, 300, 450, 600, 800, 1200 })
+        {
+            var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true };
+            foreach (string a in new[] { Path.Combine(AppContext.BaseDirectory, "kvmobserve.dll"), "run", "--source", "tracefs", "--listen", $"127.0.0.1:{Agent.FreePort()}" })
+                psi.ArgumentList.Add(a);
+            using var p = System.Diagnostics.Process.Start(psi)!;
+            Thread.Sleep(delayMs);
+            Syscall.Kill(p.Id, 15);
+            Assert.True(p.WaitForExit(30_000), $"SIGTERM {delayMs} ms after the start: still running");
+            Assert.True(p.ExitCode == 0, $"SIGTERM {delayMs} ms after the start: exit {p.ExitCode}: {p.StandardError.ReadToEnd()}");
+            Assert.Empty(KernelState.InstancesOf(p.Id));
+        }
+        Assert.Equal(before, KernelState.GlobalEnabledEvents());
+    }
 }

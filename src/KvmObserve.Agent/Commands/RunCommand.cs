@@ -112,10 +112,18 @@ internal static class RunCommand
 
     private static async Task<int> RunAsync(AgentOptions options, CancellationToken cancellationToken)
     {
+        // The kernel state (tracefs instance, enabled events, perf fds, BPF links) comes after what can fail at start:
+        // the hosted services start before Kestrel binds, so the address is tried first.
+        if (ListenProblem(options.Listen) is string problem)
+        {
+            Console.Error.WriteLine($"kvmobserve: --listen {options.Listen}: {problem}");
+            return 2;
+        }
         WebApplicationBuilder builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
         builder.Logging.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss "; });
         builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
+        builder.Logging.AddFilter("Microsoft.Extensions.Hosting.Internal.Host", LogLevel.None); // a failed start is one line, below
         builder.WebHost.ConfigureKestrel(k => k.Listen(options.Listen, listen =>
         {
             if (options.Web?.Certificate is { } certificate)
@@ -167,9 +175,18 @@ internal static class RunCommand
         {
             await app.StartAsync(cancellationToken);
         }
+        catch (OperationCanceledException)
+        {
+            // SIGTERM or SIGINT while starting: a clean stop. The source may have started regardless of the token.
+            await source.StopAsync(CancellationToken.None);
+            await app.DisposeAsync();
+            return 0;
+        }
         catch (Exception e) when (e is InvalidOperationException or IOException or NotSupportedException or UnauthorizedAccessException)
         {
             Console.Error.WriteLine($"kvmobserve: cannot start: {e.Message}");
+            // The host does not stop what it started before the failure: the source's kernel state goes now.
+            await source.StopAsync(CancellationToken.None);
             await app.DisposeAsync();
             return 1;
         }
@@ -178,6 +195,23 @@ internal static class RunCommand
         await app.WaitForShutdownAsync(cancellationToken);
         await app.DisposeAsync();
         return 0;
+    }
+
+    /// <summary>Why <paramref name="endpoint"/> cannot be listened on (in use, not this host's, no permission), or null.</summary>
+    private static string? ListenProblem(System.Net.IPEndPoint endpoint)
+    {
+        try
+        {
+            using var socket = new System.Net.Sockets.Socket(endpoint.AddressFamily, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp);
+            socket.SetSocketOption(System.Net.Sockets.SocketOptionLevel.Socket, System.Net.Sockets.SocketOptionName.ReuseAddress, true); // as Kestrel
+            socket.Bind(endpoint);
+            socket.Listen(1);
+            return null;
+        }
+        catch (System.Net.Sockets.SocketException e)
+        {
+            return e.SocketErrorCode == System.Net.Sockets.SocketError.AddressAlreadyInUse ? "the address is in use (another agent?)" : e.Message;
+        }
     }
 
     /// <summary>OpenMetrics when the Accept header asks for application/openmetrics-text at a higher (or equal, listed

@@ -27,6 +27,7 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
     private IEventSource? _source;
     private Thread? _housekeeping;
     private readonly CancellationTokenSource _stop = new();
+    private int _stopped;
 
     public ExpositionContext? Context { get; private set; }
 
@@ -287,6 +288,8 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
 
     public Task StopAsync(CancellationToken cancellationToken)
     {
+        if (Interlocked.Exchange(ref _stopped, 1) == 1)
+            return Task.CompletedTask; // stopped already (a failed start stops it before the host does)
         _stop.Cancel();
         Sys.Write(_stopFd, BitConverter.GetBytes(1L));
         _housekeeping?.Join();

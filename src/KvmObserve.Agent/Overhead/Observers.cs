@@ -1,5 +1,6 @@
 using KvmObserve.Sources;
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using System.Globalization;
 using System.Net.Sockets;
 using KvmObserve.Aggregation.Discovery;
@@ -39,9 +40,15 @@ public sealed class NoObserver : IObserver
     public ObserverRun Finish(long events) => new(-1, -1);
 }
 
-/// <summary>A child process (the agent, perf, bpftrace, cat), killed on dispose so none outlives the run.</summary>
+/// <summary>A child process (the agent, perf, bpftrace, cat), stopped on dispose so none outlives the run. Stopped, not
+/// killed: an agent killed with SIGKILL leaves its tracefs instance tracing. SIGTERM, SIGINT or SIGHUP to this process
+/// stops every live child the same way before this process goes.</summary>
 internal sealed class Child : IDisposable
 {
+    private static readonly HashSet<Child> Live = new();
+    private static readonly PosixSignalRegistration[] Signals =
+        [.. new[] { PosixSignal.SIGTERM, PosixSignal.SIGINT, PosixSignal.SIGHUP }.Select(s => PosixSignalRegistration.Create(s, _ => StopAll()))];
+
     private readonly Process _process;
     private readonly List<string> _output = new();
 
@@ -55,6 +62,18 @@ internal sealed class Child : IDisposable
         _process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (_output) _output.Add(e.Data); };
         _process.BeginOutputReadLine();
         _process.BeginErrorReadLine();
+        lock (Live)
+            Live.Add(this);
+        GC.KeepAlive(Signals);
+    }
+
+    private static void StopAll()
+    {
+        Child[] children;
+        lock (Live)
+            children = [.. Live];
+        foreach (Child c in children)
+            c.Dispose();
     }
 
     public int Pid => _process.Id;
@@ -83,11 +102,13 @@ internal sealed class Child : IDisposable
 
     public void Dispose()
     {
-        if (!_process.HasExited)
+        lock (Live)
         {
-            _process.Kill();
-            _process.WaitForExit();
+            if (!Live.Remove(this))
+                return;
         }
+        if (!_process.HasExited)
+            Stop(15, TimeSpan.FromSeconds(10));
         _process.Dispose();
     }
 }

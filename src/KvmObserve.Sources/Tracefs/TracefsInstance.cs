@@ -37,6 +37,20 @@ public sealed class TracefsInstance : IDisposable
     }
 
     /// <summary>Removes kvmobserve-* instances whose owning process no longer runs. Returns their names.</summary>
+    /// <summary>Whether <paramref name="pid"/> runs and is an agent (or a process hosting one, such as a test host): a
+    /// dead agent's PID taken by an unrelated process must not keep its instance tracing.</summary>
+    private static bool IsAgent(int pid)
+    {
+        try
+        {
+            return File.ReadAllText($"/proc/{pid}/cmdline").Contains("kvmobserve", StringComparison.OrdinalIgnoreCase);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return false; // gone
+        }
+    }
+
     public static IReadOnlyList<string> RemoveStale(string tracefsRoot)
     {
         var removed = new List<string>();
@@ -46,8 +60,8 @@ public sealed class TracefsInstance : IDisposable
         foreach (string dir in Directory.GetDirectories(instances, NamePrefix + "*"))
         {
             string name = System.IO.Path.GetFileName(dir);
-            if (OwnerPid(name) is int pid && (pid == Environment.ProcessId || Directory.Exists($"/proc/{pid}")))
-                continue;
+            if (OwnerPid(name) is int pid && (pid == Environment.ProcessId || IsAgent(pid)))
+                continue; // another agent's, still running
             DisableAll(dir);
             RemoveDirectory(dir);
             removed.Add(name);
