@@ -151,7 +151,7 @@ internal static class RunCommand
         var auth = new BasicAuth(options.Web?.Users ?? new Dictionary<string, string>());
         app.MapGet("/metrics", async (HttpContext http) =>
         {
-            if (auth.Enabled && !auth.Allows(http.Request))
+            if (auth.Enabled && !await auth.AllowsAsync(http.Request))
             {
                 http.Response.StatusCode = StatusCodes.Status401Unauthorized;
                 http.Response.Headers.WWWAuthenticate = "Basic realm=\"kvmobserve\"";

@@ -98,7 +98,7 @@ public sealed class WebConfig
     private static string Scalar(string path, string key, YamlNode node) =>
         (node as YamlScalarNode)?.Value ?? throw new OptionException($"{path}: {key} is not a single value");
 
+    /// <summary>"$2a$", "$2b$" or "$2y$", a cost of 04..31, then 53 characters of bcrypt's base64 (salt and hash).</summary>
     private static bool IsBcrypt(string hash) =>
-        hash.Length == 60 && (hash.StartsWith("$2a$", StringComparison.Ordinal) || hash.StartsWith("$2b$", StringComparison.Ordinal)
-            || hash.StartsWith("$2y$", StringComparison.Ordinal));
+        System.Text.RegularExpressions.Regex.IsMatch(hash, @"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$");
 }
