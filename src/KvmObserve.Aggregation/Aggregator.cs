@@ -15,8 +15,13 @@ public sealed record AggregatorOptions
     /// <summary>How long a VM's series stay after it exits (a VM restarted under its name within it continues them).</summary>
     public TimeSpan VmGrace { get; init; } = TimeSpan.FromMinutes(2);
 
-    /// <summary>Hot-path entries per reader (thread × family × labels seen since they were last compacted away).</summary>
+    /// <summary>Hot-path entries per reader at start (thread × family × labels seen since they were last compacted
+    /// away); a reader's table doubles as it fills, up to <see cref="MaxShardSeries"/>.</summary>
     public int ShardSeries { get; init; } = 16_384;
+
+    /// <summary>What one reader's table may grow to: enough for every family at its limit on one CPU, counting a
+    /// latency histogram's buckets (each is an entry).</summary>
+    public int MaxShardSeries => (int)Math.Min(1L << 26, Math.Max(ShardSeries, (long)FamilyLimit * 8));
 
     /// <summary>Threads whose pairing and halt state the hot path keeps at once.</summary>
     public int Threads { get; init; } = 16_384;
@@ -45,7 +50,7 @@ public sealed class Aggregator
         States = new ThreadStates(Options.Threads, shardCount);
         _shards = new Shard[shardCount];
         for (int i = 0; i < shardCount; i++)
-            _shards[i] = new Shard(i, Options.ShardSeries, NewSeries, States) { Registry = registry };
+            _shards[i] = new Shard(i, Options.ShardSeries, NewSeries, States, Options.MaxShardSeries, _gate) { Registry = registry };
         _resolvedVersion = new int[shardCount];
         _store = new SeriesStore(Options.FamilyLimit, Options.TopK);
         Registry = registry;

@@ -16,10 +16,11 @@ public sealed class Shard
     private long _corruptPages;
     private long _bytesRead;
 
-    public Shard(int cpu, int seriesLimit, EventWaitHandle? newSeriesSignal = null, ThreadStates? states = null)
+    public Shard(int cpu, int seriesLimit, EventWaitHandle? newSeriesSignal = null, ThreadStates? states = null,
+        int maxSeriesLimit = 0, object? foldGate = null)
     {
         Cpu = cpu;
-        Series = new SeriesTable(seriesLimit, newSeriesSignal);
+        Series = new SeriesTable(seriesLimit, newSeriesSignal, maxSeriesLimit, foldGate);
         States = states ?? new ThreadStates(cpus: cpu + 1);
     }
 

@@ -19,27 +19,39 @@ public sealed class SeriesTable
     private long _discard;
 
     private readonly EventWaitHandle? _insertSignal;
+    private readonly object? _foldGate;
 
     /// <param name="insertSignal">Set whenever a series is added (rare), so a resolver can name new threads at once.</param>
-    public SeriesTable(int seriesLimit, EventWaitHandle? insertSignal = null)
+    /// <param name="maxSeriesLimit">What the table may grow to, doubling, when it fills (default: never grows).</param>
+    /// <param name="foldGate">The lock every <see cref="Fold"/> and <see cref="Compact"/> runs under: growing moves the
+    /// entries, so it happens only while the writer holds it, never under a fold.</param>
+    public SeriesTable(int seriesLimit, EventWaitHandle? insertSignal = null, int maxSeriesLimit = 0, object? foldGate = null)
     {
         _insertSignal = insertSignal;
         if (seriesLimit < 1)
             throw new ArgumentOutOfRangeException(nameof(seriesLimit));
+        _foldGate = foldGate;
+        MaxSeriesLimit = foldGate is null ? seriesLimit : Math.Max(seriesLimit, maxSeriesLimit);
         SeriesLimit = seriesLimit;
         Reserve = Math.Max(16, seriesLimit / 8);
         _entries = NewEntries(seriesLimit + Reserve);
         _mask = _entries.Length - 1;
     }
 
+    /// <summary>The most <see cref="SeriesLimit"/> can grow to.</summary>
+    public int MaxSeriesLimit { get; }
+
+    /// <summary>Times the table doubled.</summary>
+    public int Growths { get; private set; }
+
     /// <summary>Room for 4/3 of the entries, rounded up to a power of two: probes stay short.</summary>
     private static Entry[] NewEntries(int entries) =>
         new Entry[(int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)(entries + entries / 3 + 1))];
 
-    public int SeriesLimit { get; }
+    public int SeriesLimit { get; private set; }
 
     /// <summary>Entries past <see cref="SeriesLimit"/> kept for "other" keys.</summary>
-    public int Reserve { get; }
+    public int Reserve { get; private set; }
 
     public int Count => Volatile.Read(ref _count);
 
@@ -67,9 +79,51 @@ public sealed class SeriesTable
 
     private ref long Insert(in SeriesKey key, int slot)
     {
+        if (_count >= SeriesLimit * 3 / 4 && SeriesLimit < MaxSeriesLimit && TryGrow(_count >= SeriesLimit))
+            return ref Counter(in key); // moved: find the slot again
         if (_count >= SeriesLimit)
             return ref InsertPastLimit(in key);
         return ref Publish(key, slot);
+    }
+
+    /// <summary>Doubles the table (up to <see cref="MaxSeriesLimit"/>) if no fold or compaction runs; when full it
+    /// waits a little for one to end, since the alternative is counting into "other".</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    private bool TryGrow(bool full)
+    {
+        bool taken = false;
+        try
+        {
+            // A compaction holds this gate and then waits for the writer's: the timeout keeps that wait short.
+            Monitor.TryEnter(_foldGate!, full ? 50 : 0, ref taken);
+            if (!taken)
+                return false;
+            int limit = (int)Math.Min((long)SeriesLimit * 2, MaxSeriesLimit);
+            int reserve = Math.Max(16, limit / 8);
+            Entry[] old = _entries;
+            Entry[] entries = NewEntries(limit + reserve);
+            int mask = entries.Length - 1;
+            for (int i = 0; i < old.Length; i++)
+            {
+                if (old[i].Used == 0)
+                    continue;
+                int j = old[i].Key.Hash() & mask;
+                while (entries[j].Used != 0)
+                    j = (j + 1) & mask;
+                entries[j] = old[i];
+            }
+            _mask = mask;
+            Volatile.Write(ref _entries, entries);
+            SeriesLimit = limit;
+            Reserve = reserve;
+            Growths++;
+            return true;
+        }
+        finally
+        {
+            if (taken)
+                Monitor.Exit(_foldGate!);
+        }
     }
 
     private ref long Publish(SeriesKey key, int slot)
