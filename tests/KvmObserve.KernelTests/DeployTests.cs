@@ -87,6 +87,79 @@ public sealed class DeployTests
     }
 
     [KernelFact(Kvm = false)]
+    public void The_unit_starts_by_its_own_ExecStart_line_on_a_machine_without_etc_kvmobserve()
+    {
+        string execStart = File.ReadAllLines(Path.Combine(Repo, "deploy/systemd/kvmobserve.service"))
+            .Single(l => l.StartsWith("ExecStart=", StringComparison.Ordinal))["ExecStart=".Length..];
+        Assert.DoesNotContain("/etc/kvmobserve", execStart); // the only file there is optional (EnvironmentFile=-)
+        string[] words = execStart.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal("/usr/local/lib/kvmobserve/kvmobserve", words[0]);
+        int port = Agent.FreePort();
+        var psi = new System.Diagnostics.ProcessStartInfo(Path.Combine(AppContext.BaseDirectory, "kvmobserve"))
+            { RedirectStandardError = true, RedirectStandardOutput = true };
+        foreach (string w in words.Skip(1))
+            psi.ArgumentList.Add(w);
+        psi.Environment["KVMOBSERVE__LISTEN"] = $"127.0.0.1:{port}"; // as kvmobserve.env would set it
+        using var agent = System.Diagnostics.Process.Start(psi)!;
+        var output = new System.Text.StringBuilder();
+        agent.OutputDataReceived += (_, e) => { lock (output) output.AppendLine(e.Data); };
+        agent.ErrorDataReceived += (_, e) => { lock (output) output.AppendLine(e.Data); };
+        agent.BeginOutputReadLine();
+        agent.BeginErrorReadLine();
+        try
+        {
+            using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(2) };
+            var waited = System.Diagnostics.Stopwatch.StartNew();
+            bool healthy = false;
+            while (!healthy && !agent.HasExited && waited.Elapsed < TimeSpan.FromSeconds(60))
+            {
+                try { healthy = http.GetAsync($"http://127.0.0.1:{port}/healthz").Result.IsSuccessStatusCode; }
+                catch (AggregateException) { Thread.Sleep(250); }
+            }
+            lock (output)
+                Assert.True(healthy, $"the unit's ExecStart did not serve /healthz: {output}");
+        }
+        finally
+        {
+            if (!agent.HasExited)
+                Syscall.Kill(agent.Id, 15);
+            agent.WaitForExit(20_000);
+        }
+        Assert.Equal(0, agent.ExitCode);
+        Assert.Empty(KernelState.InstancesOf(agent.Id));
+    }
+
+    [KernelFact(Kvm = false)]
+    public void The_image_build_steps_run_here_and_give_an_agent_with_its_probes_that_loads_them()
+    {
+        string dockerfile = File.ReadAllText(Path.Combine(Repo, "deploy/Dockerfile"));
+        Assert.Contains("RUN deploy/build-image.sh /out", dockerfile);
+        Assert.Contains("libbpf1", dockerfile);
+        string output = Directory.CreateTempSubdirectory("kvmobserve-image").FullName;
+        try
+        {
+            var psi = new System.Diagnostics.ProcessStartInfo("sh") { WorkingDirectory = Repo, RedirectStandardOutput = true, RedirectStandardError = true };
+            psi.ArgumentList.Add("deploy/build-image.sh");
+            psi.ArgumentList.Add(output);
+            using (var build = System.Diagnostics.Process.Start(psi)!)
+            {
+                Task<string> stdout = build.StandardOutput.ReadToEndAsync(), stderr = build.StandardError.ReadToEndAsync();
+                build.WaitForExit();
+                Assert.True(build.ExitCode == 0, stdout.Result + stderr.Result);
+            }
+            Assert.True(new FileInfo(Path.Combine(output, "probes", "kvmobserve.bpf.o")).Length > 0);
+            // The published agent finds and loads its probes (and libbpf.so.1) as the image's would.
+            (int code, string doctor) = Run(Path.Combine(output, "kvmobserve"), ["doctor"]);
+            Assert.Contains("[ok  ] bpf: kvmobserve.bpf.o: every program loaded and verified", doctor);
+            Assert.True(code is 0 or 1, doctor);
+        }
+        finally
+        {
+            Directory.Delete(output, recursive: true);
+        }
+    }
+
+    [KernelFact(Kvm = false)]
     public void The_manifests_parse_and_run_the_agent_unprivileged_with_the_documented_capabilities()
     {
         List<YamlMappingNode> docs = Documents("deploy/kubernetes/daemonset.yaml");

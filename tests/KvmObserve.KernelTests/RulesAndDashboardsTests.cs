@@ -47,6 +47,21 @@ public sealed class RulesAndDashboardsTests
     }
 
     [Fact]
+    public void No_rule_or_dashboard_names_the_scrape_job_exactly()
+    {
+        // Jobs are named by whoever scrapes: kvmobserve, kvmobserve-kubernetes, a PodMonitor's NAMESPACE/NAME.
+        var files = Directory.GetFiles(Path.Combine(DeployTests.Repo, "dashboards"), "*.json")
+            .Append(Path.Combine(Rules, "kvmobserve-rules.yml"));
+        foreach (string file in files)
+        {
+            string text = File.ReadAllText(file);
+            Assert.False(text.Contains("job=\\\"", StringComparison.Ordinal) || text.Contains("job=\"", StringComparison.Ordinal),
+                $"{Path.GetFileName(file)} selects one job name");
+        }
+        Assert.Contains("label_values(kvmobserve_source_info, job)", File.ReadAllText(Path.Combine(DeployTests.Repo, "dashboards", "kvmobserve-agent.json")));
+    }
+
+    [Fact]
     public void Every_dashboard_is_importable_with_a_datasource_variable_and_vm_and_vcpu_variables()
     {
         string[] files = Directory.GetFiles(Path.Combine(DeployTests.Repo, "dashboards"), "*.json");
