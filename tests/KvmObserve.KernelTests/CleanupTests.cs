@@ -79,6 +79,8 @@ public class CleanupTests
     {
         string before = KernelState.GlobalEnabledEvents();
         using var taken = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        // As Kestrel's listener: .NET sets SO_REUSEADDR and SO_REUSEPORT for it on Linux.
+        taken.Server.SetSocketOption(System.Net.Sockets.SocketOptionLevel.Socket, System.Net.Sockets.SocketOptionName.ReuseAddress, true);
         taken.Start();
         int port = ((System.Net.IPEndPoint)taken.LocalEndpoint).Port;
         var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true };

@@ -203,7 +203,9 @@ internal static class RunCommand
         try
         {
             using var socket = new System.Net.Sockets.Socket(endpoint.AddressFamily, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp);
-            socket.SetSocketOption(System.Net.Sockets.SocketOptionLevel.Socket, System.Net.Sockets.SocketOptionName.ReuseAddress, true); // as Kestrel
+            // SO_REUSEADDR alone, as raw: a restart must not fail on the last run's TIME_WAIT connections, and .NET's
+            // ReuseAddress would add SO_REUSEPORT, which binds beside a running agent's listener.
+            socket.SetRawSocketOption(1 /* SOL_SOCKET */, 2 /* SO_REUSEADDR */, BitConverter.GetBytes(1));
             socket.Bind(endpoint);
             socket.Listen(1);
             return null;
