@@ -119,7 +119,10 @@ internal static class RunCommand
             Console.Error.WriteLine($"kvmobserve: --listen {options.Listen}: {problem}");
             return 2;
         }
-        WebApplicationBuilder builder = WebApplication.CreateSlimBuilder();
+        // No appsettings.json is read (settings are --config, KVMOBSERVE__* and flags), so nothing needs watching: with
+        // reload on, the host watched the working directory recursively, 44,000 inotify watches when started from /.
+        Environment.SetEnvironmentVariable("DOTNET_hostBuilder__reloadConfigOnChange", "false");
+        WebApplicationBuilder builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { ContentRootPath = AppContext.BaseDirectory });
         builder.Logging.ClearProviders();
         builder.Logging.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss "; });
         builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
