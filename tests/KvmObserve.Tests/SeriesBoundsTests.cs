@@ -133,7 +133,10 @@ public sealed class SeriesBoundsTests : IDisposable
         Assert.All(pio.GroupBy(s => s.Vm), vm => Assert.Equal(17, vm.Count()));
         Assert.Equal(100_000, pio.Sum(s => s.Value) + aggregator.Overflow(MetricFamily.Pio));
         Assert.Equal(0, aggregator.Overflow(MetricFamily.Pio));
-        Assert.True(aggregator.Shards[0].Series.Count <= 4096 + aggregator.Shards[0].Series.Reserve);
+        // A reader's table grows as it fills, but never past its bound (8x the family limit).
+        SeriesTable table = aggregator.Shards[0].Series;
+        Assert.True(table.Count <= table.MaxSeriesLimit + table.Reserve, $"{table.Count} entries");
+        Assert.Equal(aggregator.Options.MaxShardSeries, table.MaxSeriesLimit);
     }
 
     [Fact]
