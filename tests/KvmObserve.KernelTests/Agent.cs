@@ -94,6 +94,39 @@ public sealed partial class Agent : IDisposable
     }
 
 
+    /// <summary>Whether a log line matching <paramref name="match"/> arrives within <paramref name="timeout"/>. The
+    /// console logger writes from its own thread and the output is read asynchronously: a line can follow by some ms
+    /// what a scrape already shows, so a check of the log right after a scrape must wait for it.</summary>
+    public bool WaitForLog(Func<string, bool> match, TimeSpan? timeout = null)
+    {
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        do
+        {
+            lock (Log)
+            {
+                if (Log.Any(match))
+                    return true;
+            }
+            Thread.Sleep(50);
+        }
+        while (waited.Elapsed < (timeout ?? TestTime.Seconds(10)));
+        return false;
+    }
+
+    /// <summary>A copy of the log so far: the list itself grows while the agent runs.</summary>
+    public string[] LogLines()
+    {
+        lock (Log)
+            return [.. Log];
+    }
+
+    /// <summary>The log so far, as one string (for failure messages).</summary>
+    public string LogText()
+    {
+        lock (Log)
+            return string.Join('\n', Log);
+    }
+
     /// <summary>SIGTERM and wait; returns the exit code.</summary>
     public int Stop()
     {

@@ -66,7 +66,7 @@ public class AgentOnLoadTests
             && x.Sum("kvm_msr_total") >= expectedMsr && x.Sum("kvm_cpuid_total") >= expectedCpuid);
         Assert.Equal(1, m.Sum("kvmobserve_source_info", ("source", source switch { "tracefs-copies" => "tracefs", "perf-count-default-keys" => "perf-count", _ => source })));
         if (source == "tracefs") // by default through the ring buffers' memory maps where the kernel (6.10+) allows it
-            Assert.Equal(Requirements.RingMmapLacking() is null, !agent.Log.Any(l => l.Contains("cannot be memory-mapped", StringComparison.Ordinal)));
+            Assert.Equal(Requirements.RingMmapLacking() is null, !agent.LogLines().Any(l => l.Contains("cannot be memory-mapped", StringComparison.Ordinal)));
 
         // Keyed: each key exactly, but perf-count's keys are fixed lists (CountingKeys): a key outside them (load's MSR
         // 0x1a0) is counted under "other", per direction. Not keyed: per VM, under "other" (key and direction).
@@ -264,7 +264,7 @@ public class AgentOnLoadTests
         Metrics m = agent.ScrapeUntil(x => x.Sum("kvm_pio_total") >= driven);
         Assert.Equal(driven, m.Sum("kvm_pio_total"));
         Assert.Equal(0, m.Sum("kvmobserve_events_lost_total"));
-        Assert.DoesNotContain(agent.Log, l => l.Contains("cannot be memory-mapped", StringComparison.Ordinal));
+        Assert.DoesNotContain(agent.LogLines(), l => l.Contains("cannot be memory-mapped", StringComparison.Ordinal));
         Assert.Equal(0, agent.Stop());
     }
 

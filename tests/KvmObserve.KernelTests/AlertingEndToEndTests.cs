@@ -71,9 +71,9 @@ public sealed partial class AlertingEndToEndTests(ITestOutputHelper output) : ID
         output.WriteLine($"detector off {off - StormTo:F2} s after the storm ended");
         Assert.True(off > StormTo, $"off at {off:F2} s, before the storm ended at {StormTo} s");
         Assert.Equal(1, agent.Scrape().Sum("kvmobserve_storms_total", ("vm", "e2e-a")));
-        Assert.Contains(agent.Log, l => l.Contains("Exit storm on VM e2e-a:", StringComparison.Ordinal)
-            && l.Contains("exit IO_INSTRUCTION", StringComparison.Ordinal) && l.Contains("vCPUs 0 ", StringComparison.Ordinal));
-        Assert.Contains(agent.Log, l => l.Contains("Exit storm on VM e2e-a over after", StringComparison.Ordinal));
+        Assert.True(agent.WaitForLog(l => l.Contains("Exit storm on VM e2e-a:", StringComparison.Ordinal)
+            && l.Contains("exit IO_INSTRUCTION", StringComparison.Ordinal) && l.Contains("vCPUs 0 ", StringComparison.Ordinal)), agent.LogText());
+        Assert.True(agent.WaitForLog(l => l.Contains("Exit storm on VM e2e-a over after", StringComparison.Ordinal)), agent.LogText());
 
         // The storm alert, as Prometheus evaluates it (durations shortened, see StartPrometheus).
         JsonElement alert = Poll(TimeSpan.FromSeconds(40), () => Api("/api/v1/alerts").GetProperty("alerts").EnumerateArray()

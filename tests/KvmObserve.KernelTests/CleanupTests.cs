@@ -30,7 +30,7 @@ public class CleanupTests
         using (var next = Agent.Start("--source", "tracefs"))
         {
             Assert.Empty(KernelState.InstancesOf(deadPid));
-            Assert.Contains(next.Log, l => l.Contains($"kvmobserve-{deadPid}"));
+            Assert.True(next.WaitForLog(l => l.Contains($"kvmobserve-{deadPid}")), next.LogText());
             Assert.Equal(0, next.Stop());
             Assert.Empty(KernelState.InstancesOf(next.Pid));
         }

@@ -53,7 +53,7 @@ public sealed class NiceTests
             Assert.Equal(5, nices.Count(t => Urgent(t.Key)));
             Assert.All(nices.Where(t => Urgent(t.Key)), t => Assert.True(t.Value == own, $"thread {t.Key} at nice {t.Value}"));
             Assert.All(nices.Where(t => !Urgent(t.Key)), t => Assert.True(t.Value == 19, $"thread {t.Key} at nice {t.Value}"));
-            Assert.Contains(counting.Log, l => l.Contains("Threads at nice 19 (auto: the source counts in the kernel", StringComparison.Ordinal));
+            Assert.True(counting.WaitForLog(l => l.Contains("Threads at nice 19 (auto: the source counts in the kernel", StringComparison.Ordinal)), counting.LogText());
         }
         // Without CAP_SYS_NICE (the shipped systemd unit and DaemonSet do not grant it) the agent cannot lower a
         // thread's nice once raised: perf-count's thread must be left at its nice, not raised and set back.
@@ -62,7 +62,7 @@ public sealed class NiceTests
             Dictionary<string, int> nices = NiceOfThreads(bounded.Pid);
             Assert.All(nices.Where(t => Urgent(t.Key)), t => Assert.Equal(own, t.Value));
             Assert.Equal(nices.Count - 5, nices.Count(t => t.Value == 19));
-            Assert.DoesNotContain(bounded.Log, l => l.Contains("warn:", StringComparison.Ordinal));
+            Assert.DoesNotContain(bounded.LogLines(), l => l.Contains("warn:", StringComparison.Ordinal));
         }
         using (Agent bpf = Agent.Start("--source", "bpf"))
         {

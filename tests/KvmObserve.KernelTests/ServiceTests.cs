@@ -88,7 +88,7 @@ public sealed class ServiceTests : IDisposable
         }
         Assert.Equal(HttpStatusCode.Unauthorized, Get(null, null));
         Assert.Equal(HttpStatusCode.Unauthorized, Get("nobody", "s3cret-a"));
-        Assert.Contains(agent.Log, l => l.Contains($"https://127.0.0.1:{agent.Port}/metrics (basic auth)"));
+        Assert.True(agent.WaitForLog(l => l.Contains($"https://127.0.0.1:{agent.Port}/metrics (basic auth)")), agent.LogText());
         // Plain HTTP on the TLS port gets no metrics.
         using var plain = new HttpClient();
         Assert.ThrowsAny<Exception>(() => plain.GetStringAsync($"http://127.0.0.1:{agent.Port}/metrics").Result);
