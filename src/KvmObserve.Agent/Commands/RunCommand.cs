@@ -185,9 +185,10 @@ internal static class RunCommand
             await app.DisposeAsync();
             return 0;
         }
-        catch (Exception e) when (e is InvalidOperationException or IOException or NotSupportedException or UnauthorizedAccessException)
+        catch (Exception e)
         {
-            Console.Error.WriteLine($"kvmobserve: cannot start: {e.Message}");
+            // Whatever failed (Kestrel, a later hosted service), it is one line, and the source's state goes with it.
+            Console.Error.WriteLine($"kvmobserve: cannot start: {e.Message.Split('\n')[0]}");
             // The host does not stop what it started before the failure: the source's kernel state goes now.
             await source.StopAsync(CancellationToken.None);
             await app.DisposeAsync();
