@@ -27,6 +27,10 @@ public sealed class LoadOptions
     /// <summary>Start and stop the VMs this many times in a row (VM start/stop churn); cycle c names its VMs NAME-cC.</summary>
     public int Cycles { get; set; } = 1;
 
+    /// <summary>A cgroup v2 directory: each VM's process runs in a cgroup of its own below it, as libvirt puts each VM
+    /// in a scope of machine.slice (null: the VMs stay in load's cgroup). In a VM's own process: the cgroup to enter.</summary>
+    public string? Cgroup { get; set; }
+
     public static LoadMode ParseModes(IEnumerable<string> names)
     {
         LoadMode modes = LoadMode.None;

@@ -5,7 +5,7 @@ namespace KvmObserve.Workload;
 /// <summary>
 /// The JSON `load` prints: exactly what was driven, per VM and vCPU.
 /// <code>
-/// {"vms":[{"name":"load-0","pid":123,"vcpus":[{"vcpu":0,"tid":124,"pio":{"0x3f8/out":1000},"mmio":{...},
+/// {"vms":[{"name":"load-0","pid":123,"cgroup":"/kvmobserve-load-load-0","vcpus":[{"vcpu":0,"tid":124,"pio":{"0x3f8/out":1000},"mmio":{...},
 ///   "msr":{"0x1a0/read":1000},"cpuid":{"0x0":1000},"userspace_exits":{"IO":1000,"MMIO":1},"halts":0,
 ///   "interrupts":0,"halt_kicks":0,"pages_touched":0,"guest_steal_ns":0,
 ///   "kernel_stats":{"halt_wakeup":0,...}}]}]} (kernel_stats: KVM's own counters; a histogram as its total count)
@@ -18,6 +18,7 @@ public static class LoadReportJson
         w.WriteStartObject();
         w.WriteString("name", vm.Name);
         w.WriteNumber("pid", vm.Pid);
+        w.WriteString("cgroup", vm.Cgroup);
         w.WriteStartArray("vcpus");
         foreach (VcpuReport v in vm.Vcpus)
         {

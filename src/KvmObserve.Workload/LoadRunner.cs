@@ -27,6 +27,7 @@ public static class LoadRunner
         var children = new List<Process>();
         var outputs = new List<Task<string>>();
         var errors = new List<Task<string>>();
+        var cgroups = new List<string>();
         try
         {
             for (int i = 0; i < options.Vms; i++)
@@ -34,7 +35,10 @@ public static class LoadRunner
                 string name = options.Vms == 1 ? options.Name : $"{options.Name}-{i}";
                 if (options.Cycles > 1)
                     name += $"-c{cycle}";
-                Process child = Process.Start(ChildStartInfo(options, name))
+                string? cgroup = null;
+                if (options.Cgroup is string parent)
+                    cgroups.Add(cgroup = VmCgroup.Create(parent, name));
+                Process child = Process.Start(ChildStartInfo(options, name, cgroup))
                     ?? throw new InvalidOperationException("could not start a VM process");
                 children.Add(child);
                 outputs.Add(child.StandardOutput.ReadToEndAsync());
@@ -59,8 +63,11 @@ public static class LoadRunner
             {
                 if (!p.HasExited)
                     p.Kill();
+                p.WaitForExit();
                 p.Dispose();
             }
+            foreach (string cgroup in cgroups)
+                VmCgroup.Remove(cgroup);
         }
     }
 
@@ -68,10 +75,12 @@ public static class LoadRunner
     public static string RunChild(LoadOptions options)
     {
         Sys.SetParentDeathSignal(9); // SIGKILL: a VM never outlives its `load`
+        if (options.Cgroup is string cgroup)
+            VmCgroup.Enter(cgroup); // before /dev/kvm is opened: the VM's every thread is born in it
         return LoadReportJson.Serialize(VmRunner.Run(options, options.Name));
     }
 
-    private static ProcessStartInfo ChildStartInfo(LoadOptions o, string name)
+    private static ProcessStartInfo ChildStartInfo(LoadOptions o, string name, string? cgroup)
     {
         var psi = new ProcessStartInfo
         {
@@ -98,6 +107,8 @@ public static class LoadRunner
             Add(psi, "--start-delay-ms", ((long)o.StartDelay.TotalMilliseconds).ToString(CultureInfo.InvariantCulture));
         if (o.Pin)
             psi.ArgumentList.Add("--pin");
+        if (cgroup is not null)
+            Add(psi, "--cgroup", cgroup);
         return psi;
     }
 

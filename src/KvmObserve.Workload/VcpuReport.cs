@@ -50,5 +50,7 @@ public sealed class VmReport
 {
     public required string Name { get; init; }
     public required int Pid { get; init; }
+    /// <summary>The cgroup v2 path the VM's process ran in ("/" at the root, "" where there is no v2 hierarchy).</summary>
+    public string Cgroup { get; init; } = "";
     public List<VcpuReport> Vcpus { get; } = new();
 }

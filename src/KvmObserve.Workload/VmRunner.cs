@@ -21,7 +21,7 @@ public static class VmRunner
             vcpus[i] = new MicroVcpu(vm, i);
         using HaltWatchdog? watchdog = options.Modes.HasFlag(LoadMode.Hlt) ? new HaltWatchdog(vm, vcpus.Length, options.TimerPeriodNs) : null;
 
-        var report = new VmReport { Name = name, Pid = Environment.ProcessId };
+        var report = new VmReport { Name = name, Pid = Environment.ProcessId, Cgroup = VmCgroup.OfSelf() };
         var threads = new Thread[vcpus.Length];
         var reports = new VcpuReport[vcpus.Length];
         Exception? failure = null;

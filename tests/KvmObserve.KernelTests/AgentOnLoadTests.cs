@@ -157,6 +157,37 @@ public class AgentOnLoadTests
         Assert.Equal(0, agent.Stop());
     }
 
+    /// <summary>`load --cgroup`: each VM's process in a cgroup v2 directory of its own, as libvirt puts VMs in scopes of
+    /// machine.slice; counted exactly per VM all the same, and the directories gone after.</summary>
+    [KernelFact]
+    public void Load_puts_each_vm_in_its_own_cgroup_and_removes_it_after()
+    {
+        string root = new[] { "/sys/fs/cgroup", "/sys/fs/cgroup/unified" }.First(d => File.Exists(Path.Combine(d, "cgroup.controllers")));
+        string parent = Path.Combine(root, $"kvmobserve-test-{Environment.ProcessId}");
+        Directory.CreateDirectory(parent);
+        try
+        {
+            using Agent agent = Agent.Start("--source", "bpf");
+            string name = $"cg-{Environment.ProcessId}";
+            JsonElement report = Agent.Load("--mode", "pio", "--vms", "3", "--count", TestTime.Count(2000).ToString(System.Globalization.CultureInfo.InvariantCulture),
+                "--name", name, "--cgroup", parent);
+            string relative = parent[root.Length..];
+            foreach (JsonElement vm in report.GetProperty("vms").EnumerateArray())
+                Assert.Equal($"{relative}/kvmobserve-load-{vm.GetProperty("name").GetString()}", vm.GetProperty("cgroup").GetString());
+            Dictionary<(string Vm, string Key), long> pio = PerVm(report, "pio");
+            Metrics m = agent.ScrapeUntil(x => x.Sum("kvm_pio_total") >= pio.Values.Sum());
+            foreach (string vm in pio.Keys.Select(k => k.Vm).Distinct())
+                Assert.Equal(pio.Where(p => p.Key.Vm == vm).Sum(p => p.Value), m.Sum("kvm_pio_total", ("vm", vm)));
+            Assert.Empty(Directory.GetDirectories(parent));
+        }
+        finally
+        {
+            foreach (string leftover in Directory.GetDirectories(parent))
+                Directory.Delete(leftover);
+            Directory.Delete(parent);
+        }
+    }
+
     /// <summary>VMs that live about a second, with procfs scanned only at the agent's start: each is named from KVM's
     /// creation uevent or its live threads, and its vCPU threads, often gone before their records are read, from what
     /// the source tells of them (bpf's tgid, perf's pid, tracefs' task_newtask). Nothing goes to vm="unknown".</summary>

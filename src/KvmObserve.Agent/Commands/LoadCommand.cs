@@ -19,11 +19,12 @@ internal static class LoadCommand
         var delay = new Option<long>("--start-delay-ms") { Description = "wait this long after the vCPU threads are created and named, before the guest runs (lets per-thread observers attach)" };
         var pin = new Option<bool>("--pin") { Description = "pin vCPU N to CPU N % nproc" };
         var cycles = new Option<long>("--cycles") { Description = "start and stop the VMs this many times, one after the other (names get -cN)", DefaultValueFactory = _ => 1 };
+        var cgroup = new Option<string?>("--cgroup") { Description = "a cgroup v2 directory: each VM in a cgroup of its own below it (kvmobserve-load-NAME), as libvirt does; removed after" };
         var child = new Option<bool>(Workload.LoadRunner.ChildFlag) { Hidden = true };
 
         var command = new Command("load", "Run micro-VMs that drive kvm events; print what was driven as JSON")
         {
-            mode, vms, vcpus, count, duration, name, timer, delay, pin, cycles, child,
+            mode, vms, vcpus, count, duration, name, timer, delay, pin, cycles, cgroup, child,
         };
         command.SetAction(parse =>
         {
@@ -43,6 +44,7 @@ internal static class LoadCommand
                     StartDelay = TimeSpan.FromMilliseconds(InRange("--start-delay-ms", parse.GetValue(delay), 0, 600_000)),
                     Pin = parse.GetValue(pin),
                     Cycles = (int)InRange("--cycles", parse.GetValue(cycles), 1, 100_000),
+                    Cgroup = parse.GetValue(cgroup) is { Length: > 0 } g ? Path.GetFullPath(g) : null,
                 };
             }
             catch (ArgumentException e)
