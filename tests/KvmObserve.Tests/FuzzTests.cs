@@ -223,3 +223,29 @@ internal struct CollectingPerfHandler() : IPerfRecordHandler
     public void OnMalformedRecord(uint type) => Malformed++;
     public void OnCorruptRing(ulong position) => Corrupt++;
 }
+
+/// <summary>`run --replay` of a recording it cannot read: a bad setting, one line and exit 2, before anything starts
+/// (before: a stack trace from the host's start).</summary>
+public sealed class ReplaySettingTests
+{
+    [Fact]
+    public void A_truncated_recording_given_to_run_is_one_line_and_exit_2()
+    {
+        var stream = new MemoryStream();
+        var header = new RecordingHeader { Vm = "vm", Host = "h", Source = "tracefs", Reason = "test" };
+        FlightRecording.Write(stream, header, [new RecordedRecord(1, 0, FlightRecording.TracepointKind, new byte[24])]);
+        string path = Path.Combine(Path.GetTempPath(), $"kvmobserve-truncated-{Guid.NewGuid():n}.kvmrec");
+        File.WriteAllBytes(path, stream.ToArray()[..^10]);
+        try
+        {
+            (int code, _, string stderr) = AgentProcess.Run(["run", "--replay", path]);
+            Assert.Equal(2, code);
+            Assert.Equal($"kvmobserve: --replay: '{path}': record of 24 bytes at offset", stderr.Trim()[..($"kvmobserve: --replay: '{path}': record of 24 bytes at offset".Length)]);
+            Assert.DoesNotContain('\n', stderr.Trim());
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+}
