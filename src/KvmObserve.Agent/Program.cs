@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Runtime.InteropServices;
 using KvmObserve.Agent.Commands;
 
 var root = new RootCommand("kvmobserve: KVM observability agent (Prometheus /metrics from kvm tracepoints)");
@@ -8,8 +9,6 @@ root.Subcommands.Add(DoctorCommand.Create());
 root.Subcommands.Add(ReplayCommand.Create());
 root.Subcommands.Add(OverheadCommand.Create());
 RunCommand.AddTo(root); // `kvmobserve` alone runs the agent
-// On SIGTERM/SIGINT System.CommandLine cancels the action and, by default, exits with 143 after 2 s. The agent's
-// orderly stop (the host's 5 s: its probes released, a last OTLP export) must fit in it; systemd waits 15 s.
 ParseResult parsed = root.Parse(args);
 if (parsed.Errors.Count > 0)
 {
@@ -17,4 +16,22 @@ if (parsed.Errors.Count > 0)
     Console.Error.WriteLine($"kvmobserve: {parsed.Errors[0].Message} (kvmobserve --help lists the commands and options)");
     return 2;
 }
-return await parsed.InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = TimeSpan.FromSeconds(10) });
+// SIGTERM, SIGINT and SIGHUP cancel the command, which then stops in order (probes released, a last OTLP export).
+// Ours, not System.CommandLine's: its handler exits 143 at once, state left behind, when the signal comes before the
+// action's first await has returned a task, and the agent creates its kernel state before that.
+using var stop = new CancellationTokenSource();
+PosixSignalRegistration[] registrations = [.. new[] { PosixSignal.SIGTERM, PosixSignal.SIGINT, PosixSignal.SIGHUP }.Select(signal =>
+    PosixSignalRegistration.Create(signal, context =>
+    {
+        context.Cancel = true;
+        stop.Cancel();
+    }))];
+try
+{
+    return await parsed.InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = null }, stop.Token);
+}
+finally
+{
+    foreach (PosixSignalRegistration r in registrations)
+        r.Dispose();
+}
