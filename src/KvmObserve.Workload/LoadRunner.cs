@@ -99,6 +99,7 @@ public static class LoadRunner
         Add(psi, "--mode", string.Join(',', Enum.GetValues<LoadMode>().Where(m => m != LoadMode.None && o.Modes.HasFlag(m))
             .Select(m => m.ToString().ToLowerInvariant())));
         Add(psi, "--vcpus", o.Vcpus.ToString(CultureInfo.InvariantCulture));
+        Add(psi, "--vms", o.Vms.ToString(CultureInfo.InvariantCulture)); // how many share the CPUs: its watchdog's limit
         Add(psi, "--count", o.Count.ToString(CultureInfo.InvariantCulture));
         Add(psi, "--timer-ns", o.TimerPeriodNs.ToString(CultureInfo.InvariantCulture));
         if (o.Duration is TimeSpan d)
