@@ -26,6 +26,20 @@ PosixSignalRegistration[] registrations = [.. new[] { PosixSignal.SIGTERM, Posix
         context.Cancel = true;
         stop.Cancel();
     }))];
+// `overhead` starts its agents with this set to its PID: they stop as on SIGTERM when it ends, even by SIGKILL, where
+// they would otherwise run on, unread, with their probes on. A pidfd follows the process, not the thread that forked.
+if (int.TryParse(Environment.GetEnvironmentVariable(KvmObserve.Agent.Overhead.Child.StopWithParent), out int parent))
+{
+    KvmObserve.Native.SafeFd? parentFd = KvmObserve.Native.Sys.PidfdOpen(parent);
+    if (parentFd is null || KvmObserve.Native.Sys.Getppid() != parent) // gone already (and its PID maybe reused)
+        stop.Cancel();
+    else
+        new Thread(() =>
+        {
+            KvmObserve.Native.Sys.WaitReadable(parentFd);
+            stop.Cancel();
+        }) { IsBackground = true, Name = "kvmobserve parent" }.Start();
+}
 try
 {
     return await parsed.InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = null }, stop.Token);

@@ -216,6 +216,33 @@ public static unsafe class Sys
 
     public static int Gettid() => Libc.Gettid();
 
+    public static int Getppid() => Libc.Getppid();
+
+    /// <summary>A descriptor that becomes readable when process <paramref name="pid"/> exits, however it ends
+    /// (Linux 5.3); null when no such process runs.</summary>
+    public static SafeFd? PidfdOpen(int pid)
+    {
+        long fd = Libc.Syscall(Libc.SYS_pidfd_open, pid, 0, 0, 0, 0);
+        if (fd >= 0)
+            return new SafeFd((int)fd);
+        int errno = Marshal.GetLastPInvokeError();
+        if (errno == 3) // ESRCH
+            return null;
+        throw new NativeErrorException($"pidfd_open({pid})", errno);
+    }
+
+    /// <summary>Blocks until <paramref name="fd"/> is readable.</summary>
+    public static void WaitReadable(SafeFd fd)
+    {
+        var pfd = new Libc.PollFd { Fd = fd.Value, Events = Libc.POLLIN };
+        while (Libc.Poll(&pfd, 1, -1) < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno != Errno.EINTR)
+                throw new NativeErrorException("poll", errno);
+        }
+    }
+
     /// <summary>Sets the calling thread's comm (at most 15 bytes), as QEMU names its vCPU threads "CPU N/KVM".</summary>
     public static void SetCurrentThreadName(string name)
     {

@@ -135,6 +135,41 @@ public class CleanupTests
     }
 
     [KernelFact(Kvm = false)]
+    public void An_agent_that_overhead_started_stops_when_overhead_is_killed()
+    {
+        // A shell stands for the overhead process: it starts the agent as Child does (its PID in the variable) and
+        // gets SIGKILL, which no handler of its own can answer.
+        string log = Path.Combine(Path.GetTempPath(), $"kvmobserve-orphan-{Environment.ProcessId}.log");
+        var psi = new System.Diagnostics.ProcessStartInfo("sh") { RedirectStandardOutput = true };
+        psi.ArgumentList.Add("-c");
+        psi.ArgumentList.Add($"{KvmObserve.Agent.Overhead.Child.StopWithParent}=$$ dotnet '{Path.Combine(AppContext.BaseDirectory, "kvmobserve.dll")}' " +
+            $"run --source tracefs --listen 127.0.0.1:{Agent.FreePort()} > '{log}' 2>&1 & echo $!; wait");
+        using var shell = System.Diagnostics.Process.Start(psi)!;
+        int agent = int.Parse(shell.StandardOutput.ReadLine()!);
+        try
+        {
+            var waited = System.Diagnostics.Stopwatch.StartNew();
+            while (KernelState.InstancesOf(agent).Count == 0 && waited.Elapsed < TimeSpan.FromSeconds(60))
+                Thread.Sleep(100);
+            Assert.Single(KernelState.InstancesOf(agent));
+            shell.Kill();
+            shell.WaitForExit();
+            waited.Restart();
+            while (Directory.Exists($"/proc/{agent}") && waited.Elapsed < TimeSpan.FromSeconds(20))
+                Thread.Sleep(100);
+            Assert.False(Directory.Exists($"/proc/{agent}"), "the agent runs on after its parent was killed");
+            Assert.Empty(KernelState.InstancesOf(agent));
+            Assert.Contains("stopped; kernel state removed", File.ReadAllText(log));
+        }
+        finally
+        {
+            if (Directory.Exists($"/proc/{agent}"))
+                Syscall.Kill(agent, 9);
+            File.Delete(log);
+        }
+    }
+
+    [KernelFact(Kvm = false)]
     public void Sigterm_at_any_moment_of_startup_leaves_nothing()
     {
         string before = KernelState.GlobalEnabledEvents();

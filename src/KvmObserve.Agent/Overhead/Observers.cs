@@ -52,9 +52,13 @@ internal sealed class Child : IDisposable
     private readonly Process _process;
     private readonly List<string> _output = new();
 
+    /// <summary>The variable that has an agent stop when the process named in it ends (Program.cs).</summary>
+    public const string StopWithParent = "KVMOBSERVE_STOP_WITH_PARENT";
+
     public Child(string file, IEnumerable<string> args, string? stdoutTo = null)
     {
         var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.Environment[StopWithParent] = Environment.ProcessId.ToString(System.Globalization.CultureInfo.InvariantCulture);
         foreach (string a in args)
             psi.ArgumentList.Add(a);
         _process = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {file}");
