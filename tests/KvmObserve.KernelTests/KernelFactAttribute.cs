@@ -41,7 +41,7 @@ public sealed class KernelFactAttribute : FactAttribute
         set
         {
             field = value;
-            Skip = Requirements.SkipReason(Kvm, Paging) ?? (value && (File.Exists(KvmDevice.Node) || !Kvm) ? Requirements.RingMmapLacking() : null);
+            Skip = Requirements.SkipReason(Kvm, Paging) ?? (value && (HostPaging.HasHardwareKvm || !Kvm) ? Requirements.RingMmapLacking() : null);
         }
     }
 
@@ -91,7 +91,7 @@ public static class Requirements
         if (missing is null)
             return null;
         // A KVM that pages otherwise cannot be changed by a test (kvm_amd's npt is set at load): a true lack, said.
-        if (kvm && File.Exists(KvmDevice.Node) && HostPaging.Lacks(paging) is not null)
+        if (kvm && HostPaging.HasHardwareKvm && HostPaging.Lacks(paging) is not null)
             return $"needs {missing}";
         return UnderCi ? null : $"needs {missing}";
     }
@@ -109,10 +109,11 @@ public static class Requirements
             return "tracefs";
         if (!kvm)
             return null;
-        if (File.Exists(KvmDevice.Node))
+        if (HostPaging.HasHardwareKvm)
             return HostPaging.Lacks(paging);
+        string here = KvmDevice.Problem() ?? $"{KvmDevice.Node} is neither kvm_amd's nor kvm_intel's (kvm_pvm fires no kvm_exit)";
         if (TestVmOff && !UnderCi)
-            return $"a VM: {KvmDevice.Problem()}, and the test VM is off (KVMOBSERVE_TEST_VM=off)";
-        return TestVm.CannotBoot() is string why ? $"a VM: {KvmDevice.Problem()}, and the test VM needs {why}" : null;
+            return $"a VM: {here}, and the test VM is off (KVMOBSERVE_TEST_VM=off)";
+        return TestVm.CannotBoot() is string why ? $"a VM: {here}, and the test VM needs {why}" : null;
     }
 }

@@ -49,8 +49,8 @@ public static partial class GuestTestRun
     private static string? _failure;
     private static bool _freshBoot; // the batch's hung test gets its next try in a new guest
 
-    /// <summary>VM tests run in the test VM: this host has no /dev/kvm.</summary>
-    public static bool RunsHere => !File.Exists(Native.Kvm.KvmDevice.Node);
+    /// <summary>VM tests run in the test VM: this host has no /dev/kvm of kvm_amd or kvm_intel.</summary>
+    public static bool RunsHere => !HostPaging.HasHardwareKvm;
 
     /// <summary>The VM tests this run will run (the executor says so before it starts any).</summary>
     public static void Plan(IEnumerable<VmTestCase> cases)

@@ -23,6 +23,11 @@ public static class HostPaging
         return null;
     }
 
+    /// <summary>This host's /dev/kvm is kvm_amd's or kvm_intel's, so VM tests run here. A host whose only backend
+    /// is kvm_pvm has /dev/kvm too, but no kvm_exit, kvm_entry or kvm_page_fault ever fires there: its VM tests run
+    /// in the test VM, as on a host without /dev/kvm.</summary>
+    public static bool HasHardwareKvm => File.Exists(Native.Kvm.KvmDevice.Node) && Current() is not null;
+
     /// <summary>Null when this host's KVM gives what <paramref name="paging"/> asks for, else what it lacks.</summary>
     public static string? Lacks(KvmPaging paging)
     {
