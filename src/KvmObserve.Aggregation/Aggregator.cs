@@ -79,6 +79,9 @@ public sealed class Aggregator
             _refreshers = [.. _refreshers, refresh];
     }
 
+    /// <summary>What the last fold's refreshers threw (null: each read its counters).</summary>
+    public Exception? RefreshError { get; private set; }
+
     public void RemoveRefresher(Action refresh)
     {
         lock (_gate)
@@ -119,8 +122,21 @@ public sealed class Aggregator
 
     private void FoldLocked(DateTime now)
     {
+        Exception? failed = null;
         foreach (Action refresh in _refreshers)
-            refresh();
+        {
+            // A counting source that cannot read its counters this once fails this collection, as a node_exporter
+            // collector does; it must not take /metrics (or the housekeeping thread) down with it.
+            try
+            {
+                refresh();
+            }
+            catch (Exception e) when (e is IOException or InvalidOperationException or ObjectDisposedException)
+            {
+                failed = e;
+            }
+        }
+        RefreshError = failed;
         ResolveNewThreads();
         var folder = new Folder(Registry, States, _store, now);
         foreach (Shard shard in _shards)

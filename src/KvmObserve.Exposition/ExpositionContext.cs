@@ -26,6 +26,9 @@ public sealed class ExpositionContext
     /// <summary>Events the source counted but could not attribute to a VM, per kind.</summary>
     public Func<KvmEventKind, long> Unattributed { get; init; } = static _ => 0;
 
+    /// <summary>The source's readers that stopped on an error (a CPU whose ring could not be read).</summary>
+    public Func<int> FailedReaders { get; init; } = static () => 0;
+
     /// <summary>Times the source woke to read the kernel.</summary>
     public Func<long> Wakeups { get; init; } = static () => 0;
 

@@ -11,7 +11,7 @@ using KvmObserve.Decoding.Format;
 namespace KvmObserve.Exposition;
 
 /// <summary>Renders every metric family of the contract (README's table) from the aggregates.</summary>
-public static class MetricsRenderer
+public static partial class MetricsRenderer
 {
     private static readonly (MetricFamily Family, string Name, string Help)[] Families =
     [
@@ -64,7 +64,8 @@ public static class MetricsRenderer
         Aggregator aggregator = context.Aggregator;
         // One list per rendering thread, reused: scrapes may run at once, each renders on one thread.
         List<MergedSeries> series = t_series ??= new List<MergedSeries>();
-        aggregator.Snapshot(series);
+        aggregator.Snapshot(series); // the source's collection: a counting source reads its counters here
+        double collected = Stopwatch.GetElapsedTime(started).TotalSeconds;
 
         w.Family("kvm_vm_info", "gauge", "A KVM virtual machine (a process holding a KVM VM fd); always 1.");
         foreach (VmInfo vm in aggregator.Registry.Vms().OrderBy(v => v.Name, StringComparer.Ordinal))
@@ -89,20 +90,11 @@ public static class MetricsRenderer
         WriteHaltPollWindows(w, aggregator);
         WriteStorms(w, context.Storms);
 
-        if (context.Schedstat is not null)
-            WriteSchedstat(w, context.Schedstat.Collect());
+        Collection schedstat = CollectSchedstat(w, context.Schedstat);
         WriteSelfMetrics(w, context);
-        w.Family("kvmobserve_cpu_seconds_total", "counter", "CPU time the agent's process has used (user and system).");
-        w.Begin("kvmobserve_cpu_seconds_total").Value(Environment.CpuUsage.TotalTime.TotalSeconds);
-        w.Family("kvmobserve_resident_memory_bytes", "gauge", "The agent's resident memory (working set).");
-        w.Begin("kvmobserve_resident_memory_bytes").Value(Environment.WorkingSet);
-        w.Family("kvmobserve_gc_heap_bytes", "gauge", "Bytes of the agent's managed heap in use (GC.GetTotalMemory).");
-        w.Begin("kvmobserve_gc_heap_bytes").Value(GC.GetTotalMemory(forceFullCollection: false));
-        w.Family("kvmobserve_gc_collections_total", "counter", "Garbage collections of the agent's managed heap, by generation (a collection of generation 2 also counts in 0 and 1).");
-        for (int generation = 0; generation <= GC.MaxGeneration; generation++)
-            w.Begin("kvmobserve_gc_collections_total").Label("generation", generation).Value(GC.CollectionCount(generation));
-        w.Family("kvmobserve_allocated_bytes_total", "counter", "Bytes the agent has allocated on its managed heap (the hot path allocates none).");
-        w.Begin("kvmobserve_allocated_bytes_total").Value(GC.GetTotalAllocatedBytes());
+        WriteCollectors(w, context, new Collection(aggregator.RefreshError is null && context.FailedReaders() == 0, collected), schedstat);
+        ProcessMetrics.WriteRuntime(w);
+        ProcessMetrics.Write(w);
         w.Family("kvmobserve_scrape_duration_seconds", "gauge", "Time spent rendering this scrape.");
         w.Begin("kvmobserve_scrape_duration_seconds").Value(Stopwatch.GetElapsedTime(started).TotalSeconds);
         w.End();

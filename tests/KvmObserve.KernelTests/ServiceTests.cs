@@ -124,6 +124,43 @@ public sealed class ServiceTests : IDisposable
         return (p.ExitCode, stderr);
     }
 
+    /// <summary>The families every exporter serves, as a Prometheus user expects them: the process_* ones equal to
+    /// what procfs says of the agent's process, each collection of the scrape a success, promtool content.</summary>
+    [KernelFact(Kvm = false)]
+    public void The_process_and_collector_families_tell_the_truth_of_the_agent_and_pass_promtool()
+    {
+        using Agent agent = Agent.Start("--source", "tracefs");
+        string text = agent.ScrapeText();
+        Metrics m = Metrics.Parse(text);
+        int fds = Directory.GetFileSystemEntries($"/proc/{agent.Pid}/fd").Length;
+        Assert.InRange(m.Sum("process_open_fds"), fds - 16, fds + 16); // a scrape opens a few, the rings' fds stay
+        Assert.True(m.Sum("process_open_fds") > Environment.ProcessorCount, "the tracefs source holds a ring per CPU");
+        string limit = File.ReadLines($"/proc/{agent.Pid}/limits").Single(l => l.StartsWith("Max open files", StringComparison.Ordinal));
+        Assert.Equal(double.Parse(limit.Split(' ', StringSplitOptions.RemoveEmptyEntries)[3], System.Globalization.CultureInfo.InvariantCulture), m.Sum("process_max_fds"));
+        double started = new DateTimeOffset(Process.GetProcessById(agent.Pid).StartTime.ToUniversalTime()).ToUnixTimeMilliseconds() / 1000.0;
+        Assert.InRange(m.Sum("process_start_time_seconds"), started - 1.5, started + 1.5);
+        long rss = long.Parse(File.ReadLines($"/proc/{agent.Pid}/status").Single(l => l.StartsWith("VmRSS:", StringComparison.Ordinal))
+            .Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], System.Globalization.CultureInfo.InvariantCulture) * 1024;
+        Assert.InRange(m.Sum("process_resident_memory_bytes"), rss / 2, rss * 2);
+        Assert.Equal(1, m.Sum("kvmobserve_collector_success", ("collector", "tracefs")));
+        Assert.Equal(1, m.Sum("kvmobserve_collector_success", ("collector", "schedstat")));
+        Assert.Equal(1, m.Sum("kvmobserve_build_info"));
+
+        string? promtool = new[] { "/usr/bin/promtool", "/usr/local/bin/promtool" }.FirstOrDefault(File.Exists);
+        Assert.True(promtool is not null || Environment.GetEnvironmentVariable("CI") != "true", "promtool is missing (apt-get install prometheus)");
+        if (promtool is not null)
+        {
+            var psi = new ProcessStartInfo(promtool, "check metrics") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true };
+            using Process p = Process.Start(psi)!;
+            p.StandardInput.Write(text);
+            p.StandardInput.Close();
+            string output = p.StandardOutput.ReadToEnd() + p.StandardError.ReadToEnd();
+            p.WaitForExit();
+            Assert.True(p.ExitCode == 0, $"promtool check metrics: {output}");
+        }
+        Assert.Equal(0, agent.Stop());
+    }
+
     [KernelFact(Kvm = false)]
     public void OpenMetrics_is_served_to_those_who_ask_for_it()
     {

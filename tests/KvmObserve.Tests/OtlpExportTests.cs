@@ -107,7 +107,8 @@ public sealed class OtlpExportTests : IDisposable
         {
             if (name.EndsWith("_bucket", StringComparison.Ordinal) || name is "kvmobserve_scrape_duration_seconds"
                 or "kvmobserve_cpu_seconds_total" or "kvmobserve_resident_memory_bytes" or "kvmobserve_gc_heap_bytes"
-                or "kvmobserve_gc_collections_total" or "kvmobserve_allocated_bytes_total")
+                or "kvmobserve_gc_collections_total" or "kvmobserve_allocated_bytes_total" or "kvmobserve_collector_duration_seconds"
+                or "process_cpu_seconds_total" or "process_resident_memory_bytes" or "process_virtual_memory_bytes" or "process_open_fds")
                 continue; // these change between the scrape and the export: present, below
             (string family, string suffix) = byName.ContainsKey(name) ? (name, "")
                 : name.EndsWith("_count", StringComparison.Ordinal) ? (name[..^6], ".count") : (name[..^4], ".sum");
@@ -123,6 +124,9 @@ public sealed class OtlpExportTests : IDisposable
         Assert.True(compared > 20, $"only {compared} samples compared");
         Assert.Contains(export.Points, pt => pt.Metric == "kvmobserve.cpu" && pt.Value > 0 && pt.Monotonic);
         Assert.Contains(export.Points, pt => pt.Metric == "kvmobserve.resident_memory_bytes" && pt.Value > 1 << 20);
+        Assert.Contains(export.Points, pt => pt.Metric == "process.cpu" && pt.Value > 0 && pt.Monotonic);
+        Assert.Contains(export.Points, pt => pt.Metric == "process.open_fds" && pt.Value > 0 && !pt.Monotonic);
+        Assert.Contains(export.Points, pt => pt.Metric == "kvmobserve.build_info" && pt.Attributes.GetValueOrDefault("revision") is { Length: > 0 });
         Assert.Contains(export.Points, pt => pt.Metric == "kvmobserve.gc_heap_bytes" && pt.Value > 0);
         Assert.Contains(export.Points, pt => pt.Metric == "kvmobserve.allocated_bytes" && pt.Value > 0 && pt.Monotonic);
         OtlpPoint pio = export.Points.Single(pt => pt.Metric == "kvm.pio.count" && pt.Attributes["port"] == "0x60");

@@ -149,6 +149,7 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
         UserspaceExitReasons = source.Decoders.UserspaceExitReasons,
         Unattributed = source.UnattributedOf,
         Wakeups = () => source.Wakeups,
+        FailedReaders = () => source.Failures.Count(),
         AttachWindows = source.AttachWindows is null ? null : () => source.AttachWindows,
         Bpf = source is BpfSource bpf
             ? () => new BpfSelf(bpf.CostAccounted, bpf.ProgramCosts(), bpf.MapFull, bpf.StateFull)
