@@ -24,6 +24,7 @@ public sealed class ConfigurationTests : IDisposable
         // kind: address
         { ["--listen", "nowhere"], "", "kvmobserve: --listen: 'nowhere' is not HOST:PORT (e.g. 127.0.0.1:9632)" },
         { ["--listen", "myhost:80"], "", "kvmobserve: --listen: 'myhost' is not an IP address (e.g. 127.0.0.1, 0.0.0.0, [::1])" },
+        { ["--web.listen-address", "nowhere"], "", "kvmobserve: --listen: 'nowhere' is not HOST:PORT (e.g. 127.0.0.1:9632)" },
         // kind: one of a set
         { ["--source", "ebpf"], "", "kvmobserve: --source: 'ebpf' is not one of auto, bpf, tracefs, perf, perf-count, replay" },
         { ["--otlp-protocol", "udp"], "", "kvmobserve: --otlp-protocol: 'udp' is not one of grpc, http/protobuf" },
@@ -94,6 +95,18 @@ public sealed class ConfigurationTests : IDisposable
         Assert.Equal(2, code);
         Assert.StartsWith($"kvmobserve: --config: cannot read '{broken}':", stderr);
         Assert.Single(stderr.TrimEnd('\n').Split('\n'));
+    }
+
+    [Fact]
+    public void The_exporter_flag_names_set_the_same_settings_as_ours()
+    {
+        string web = File("web.yml", "basic_auth_users: {}\n");
+        (int code, string stdout, string stderr) = AgentProcess.Run(["--print-config", "--web.listen-address", "127.0.0.1:9911", "--web.config.file", web]);
+        Assert.True(code == 0, stderr);
+        using JsonDocument doc = JsonDocument.Parse(stdout);
+        Assert.Equal("127.0.0.1:9911", doc.RootElement.GetProperty("Listen").GetString());
+        Assert.Equal(web, doc.RootElement.GetProperty("WebConfig").GetString());
+        Assert.Equal("flag", doc.RootElement.GetProperty("_origin").GetProperty("Listen").GetString());
     }
 
     [Fact]

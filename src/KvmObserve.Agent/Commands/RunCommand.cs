@@ -29,7 +29,7 @@ internal static class RunCommand
 
     /// <summary>One flag per setting, with no default of its own: a flag given overrides the file and environment.</summary>
     private static readonly IReadOnlyList<(Setting Setting, Option<string?> Option)> SettingOptions =
-        Settings.All.Select(s => (s, new Option<string?>(s.Flag) { Description = $"{s.Meaning} (default: {(s.Default.Length == 0 ? "none" : s.Default)}; {s.Environment}; \"{s.Key}\" in --config)" })).ToList();
+        Settings.All.Select(s => (s, new Option<string?>(s.Flag, [.. s.Aliases]) { Description = $"{s.Meaning} (default: {(s.Default.Length == 0 ? "none" : s.Default)}; {s.Environment}; \"{s.Key}\" in --config)" })).ToList();
 
     private static IEnumerable<Option> All => SettingOptions.Select(o => (Option)o.Option).Append(Config).Append(PrintConfig);
 

@@ -9,6 +9,9 @@ namespace KvmObserve.Agent.Hosting;
 /// </summary>
 public sealed record Setting(string Key, string Flag, string Default, string Meaning)
 {
+    /// <summary>Other flags that set it: the names Prometheus exporters give the same setting, typed from habit.</summary>
+    public IReadOnlyList<string> Aliases { get; init; } = [];
+
     /// <summary>KVMOBSERVE__ and the key in capitals, with '__' for ':'.</summary>
     public string Environment => "KVMOBSERVE__" + Key.Replace(":", "__", StringComparison.Ordinal).ToUpperInvariant();
 }
@@ -17,7 +20,8 @@ public sealed record Setting(string Key, string Flag, string Default, string Mea
 public static class Settings
 {
     public static readonly Setting Listen = new("Listen", "--listen", AgentOptionsDefaults.Listen,
-        "HOST:PORT for /metrics. 9632 was marked free on Prometheus's default port allocations list (exporters, 9100-9999)");
+        "HOST:PORT for /metrics. 9632 was marked free on Prometheus's default port allocations list (exporters, 9100-9999)")
+    { Aliases = ["--web.listen-address"] };
     public static readonly Setting Source = new("Source", "--source", AgentOptionsDefaults.Source,
         "Where events come from: auto, bpf, tracefs, perf, perf-count, replay (with --replay)");
     public static readonly Setting Metrics = new("Metrics", "--metrics", AgentOptionsDefaults.Metrics,
@@ -37,7 +41,8 @@ public static class Settings
     public static readonly Setting DiscoveryInterval = new("DiscoveryIntervalMs", "--discovery-interval-ms", "2000",
         "How often procfs is rescanned for VMs and their threads (ms)");
     public static readonly Setting WebConfig = new("WebConfig", "--web-config", "",
-        "A web config file (Prometheus exporter-toolkit format): TLS certificate and key, basic-auth users with bcrypt hashes");
+        "A web config file (Prometheus exporter-toolkit format): TLS certificate and key, basic-auth users with bcrypt hashes")
+    { Aliases = ["--web.config.file"] };
     public static readonly Setting OtlpEndpoint = new("Otlp:Endpoint", "--otlp-endpoint", "",
         "OTLP receiver (e.g. http://127.0.0.1:4317); empty: OTEL_EXPORTER_OTLP_METRICS_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT, else no OTLP export");
     public static readonly Setting OtlpProtocol = new("Otlp:Protocol", "--otlp-protocol", "",
