@@ -384,7 +384,14 @@ public sealed class WebConfigTarget : FuzzTarget
     public override void Run(byte[] input)
     {
         File.WriteAllBytes(_path, input);
-        _ = WebConfig.Load(_path);
+        try
+        {
+            _ = WebConfig.Load(_path);
+        }
+        finally
+        {
+            File.Delete(_path); // a run leaves no file behind in /tmp
+        }
     }
 
     public override bool IsRejection(Exception e) => e is OptionException;
@@ -416,7 +423,14 @@ public sealed class JsonConfigTarget : FuzzTarget
     public override void Run(byte[] input)
     {
         File.WriteAllBytes(_path, input);
-        _ = AgentOptions.From(LayeredSettings.Load(_path, new Dictionary<string, string>()));
+        try
+        {
+            _ = AgentOptions.From(LayeredSettings.Load(_path, new Dictionary<string, string>()));
+        }
+        finally
+        {
+            File.Delete(_path); // a run leaves no file behind in /tmp
+        }
     }
 
     public override bool IsRejection(Exception e) => e is OptionException;
