@@ -52,7 +52,8 @@ enum stat {
 	S_EXIT_TOO_LONG = 34,   /* a pair longer than the horizon: not one exit's handling */
 	S_STATE_FULL = 35,      /* a thread the state map could not take */
 	S_NEW_SERIES = 36,      /* series created in kvmo_counts: the agent looks for new threads when it grows */
-	S_SLOTS = 40,
+	S_FAMILY_FULL = 40,     /* 40 + family: S_MAP_FULL by family, so each family's counts add up with its losses */
+	S_SLOTS = 56,
 };
 
 #define OTHER_KEY 0xffffffffu
@@ -230,6 +231,7 @@ static __always_inline void add(struct key *k, __u64 v)
 			return;
 	}
 	stat(S_MAP_FULL, 1);
+	stat(S_FAMILY_FULL + k->family, 1);
 }
 
 static __always_inline void count(__u32 tgid, __u32 tid, __s32 vcpu, __u32 family, __u32 label1, __u64 label2)

@@ -40,9 +40,9 @@ public sealed class ExpositionContext
 }
 
 /// <summary>What the bpf source tells of itself: its programs' cost as the kernel accounts it (only while run-time
-/// accounting is on), and increments its bounded maps had no room for.</summary>
+/// accounting is on), and increments its bounded maps had no room for (the counts map's by MetricFamily).</summary>
 public sealed record BpfSelf(bool CostAccounted, IReadOnlyList<(string Program, ulong RunTimeNs, ulong Runs)> Programs,
-    long MapFull, long StateFull);
+    IReadOnlyList<long> MapFull, long StateFull);
 
 /// <summary>One row of kvmobserve_tracepoint_info.</summary>
 public sealed record TracepointRow(string Event, bool Available, bool Enabled);

@@ -278,8 +278,9 @@ public static partial class MetricsRenderer
         w.Family("kvmobserve_bpf_program_run_seconds_total", "counter", "Time the kernel spent running each of the agent's BPF programs: what the bpf source itself costs the guests (while kvmobserve_bpf_stats_enabled is 1).");
         foreach ((string program, ulong ns, _) in bpf.Programs)
             w.Begin("kvmobserve_bpf_program_run_seconds_total").Label("program", program).Value(ns / 1e9);
-        w.Family("kvmobserve_bpf_map_full_total", "counter", "Counts the bpf source's in-kernel map had no room for, even under \"other\" (raise --bpf-map-entries).");
-        w.Begin("kvmobserve_bpf_map_full_total").Value(bpf.MapFull);
+        w.Family("kvmobserve_bpf_map_full_total", "counter", "Increments of each family the bpf source's in-kernel map had no room for, even under \"other\" (raise --bpf-map-entries).");
+        foreach ((MetricFamily family, string name, _) in Families)
+            w.Begin("kvmobserve_bpf_map_full_total").Label("family", name).Value((int)family < bpf.MapFull.Count ? bpf.MapFull[(int)family] : 0);
         w.Family("kvmobserve_bpf_thread_state_full_total", "counter", "Events whose thread found no room in the in-kernel thread-state map (their latency pairing and halt poll window were skipped).");
         w.Begin("kvmobserve_bpf_thread_state_full_total").Value(bpf.StateFull);
     }

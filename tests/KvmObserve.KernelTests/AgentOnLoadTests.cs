@@ -335,6 +335,26 @@ public class AgentOnLoadTests
                 $"cpu {cpu}: the kernel lost {kernel}, the agent counted {m.Sum("kvmobserve_events_lost_total", ("source", "tracefs"), ("cpu", cpu))}");
     }
 
+    /// <summary>The bpf source's counts map at its smallest (64 entries), far fewer than 4 vCPU threads' series: every
+    /// exit, PIO exit and CPUID exit is either counted or counted in its family's map-full count, exactly.</summary>
+    [KernelFact]
+    public void A_full_bpf_counts_map_counts_plus_reports_full_exactly_what_was_driven()
+    {
+        using Agent agent = Agent.Start("--source", "bpf", "--metrics", "all", "--bpf-map-entries", "64");
+        JsonElement report = Agent.Load("--mode", "pio,cpuid", "--vms", "2", "--vcpus", "2",
+            "--count", TestTime.Count(1000).ToString(CultureInfo.InvariantCulture), "--name", $"full-{Environment.ProcessId}");
+        long pio = PerVm(report, "pio").Values.Sum(), cpuid = PerVm(report, "cpuid").Values.Sum();
+        long exits = Vcpus(report).Sum(v => v.Vcpu.GetProperty("kernel_stats").GetProperty("exits").GetInt64());
+        double Counted(Metrics x, string family) => x.Sum(family) + x.Sum("kvmobserve_bpf_map_full_total", ("family", family));
+        Metrics m = agent.ScrapeUntil(x => Counted(x, "kvm_pio_total") >= pio && Counted(x, "kvm_cpuid_total") >= cpuid
+            && Counted(x, "kvm_exits_total") >= exits);
+        Assert.True(m.Sum("kvmobserve_bpf_map_full_total") > 0, "the map did not fill; the test proves nothing");
+        Assert.Equal(pio, Counted(m, "kvm_pio_total"));
+        Assert.Equal(cpuid, Counted(m, "kvm_cpuid_total"));
+        Assert.Equal(exits, Counted(m, "kvm_exits_total"));
+        Assert.Equal(0, agent.Stop());
+    }
+
     /// <summary>An agent of <paramref name="source"/> with a 4 KiB ring per CPU, read only when full or at the poll
     /// timeout, once two vCPUs drove 40,000 PIO exits through it and it counted or lost them all.</summary>
     private static Agent FloodPio(string source, out long driven)

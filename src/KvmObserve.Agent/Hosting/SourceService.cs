@@ -152,7 +152,7 @@ internal sealed class SourceService(AgentOptions options, Aggregator aggregator,
         FailedReaders = () => source.Failures.Count(),
         AttachWindows = source.AttachWindows is null ? null : () => source.AttachWindows,
         Bpf = source is BpfSource bpf
-            ? () => new BpfSelf(bpf.CostAccounted, bpf.ProgramCosts(), bpf.MapFull, bpf.StateFull)
+            ? () => new BpfSelf(bpf.CostAccounted, bpf.ProgramCosts(), bpf.MapFullByFamily(), bpf.StateFull)
             : null,
         Schedstat = schedstat,
         Storms = storms,

@@ -102,6 +102,8 @@ public static class BpfLayout
          BinaryPrimitives.ReadInt32LittleEndian(v[24..]));
 
     /// <summary>Slots of kvmo_stats: 1..31 events by KvmEventKind, then what the programs dropped.</summary>
-    public const int StatSlots = 40;
+    public const int StatSlots = 56;
     public const int StatMapFull = 32, StatExitUnmatched = 33, StatExitTooLong = 34, StatStateFull = 35, StatNewSeries = 36;
+    /// <summary>StatFamilyFull + family: <see cref="StatMapFull"/> by MetricFamily.</summary>
+    public const int StatFamilyFull = 40;
 }

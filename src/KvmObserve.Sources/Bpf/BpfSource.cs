@@ -58,6 +58,13 @@ public sealed class BpfSource : IEventSource
     /// <summary>Increments the counts map had no room for, even under "other" (kvmo_stats).</summary>
     public long MapFull { get { lock (_gate) return _stats[BpfLayout.StatMapFull]; } }
 
+    /// <summary><see cref="MapFull"/> by family: a family's counts plus these are every increment its events made.</summary>
+    public long[] MapFullByFamily()
+    {
+        lock (_gate)
+            return _stats.AsSpan(BpfLayout.StatFamilyFull, MetricFamilies.Count).ToArray();
+    }
+
     /// <summary>Threads the kernel's state map could not take (their pairing and halt state were skipped).</summary>
     public long StateFull { get { lock (_gate) return _stats[BpfLayout.StatStateFull]; } }
 
