@@ -379,24 +379,17 @@ public class AgentOnLoadTests
     [KernelFact]
     public void The_output_passes_promtool_check_metrics()
     {
-        string? promtool = new[] { "/usr/bin/promtool", "/usr/local/bin/promtool" }.FirstOrDefault(File.Exists);
-        if (promtool is null)
+        if (Promtool.Path is null)
         {
-            Assert.True(Environment.GetEnvironmentVariable("CI") != "true", "promtool is missing (apt-get install prometheus)");
-            return; // a developer machine without the prometheus package: nothing to run this against
+            Promtool.AssertAccepts(""); // fails under CI; elsewhere there is nothing to run this against
+            return;
         }
         using Agent agent = Agent.Start();
         Agent.Load("--mode", "pio,msr,hlt", "--count", "500", "--name", "we\"ird \\ vm");
         agent.ScrapeUntil(x => x.Sum("kvm_pio_total") >= 500);
         string text = agent.ScrapeText();
         Assert.Contains("vm=\"we\\\"ird \\\\ vm\"", text);
-        var psi = new ProcessStartInfo(promtool, "check metrics") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true };
-        using Process p = Process.Start(psi)!;
-        p.StandardInput.Write(text);
-        p.StandardInput.Close();
-        string output = p.StandardOutput.ReadToEnd() + p.StandardError.ReadToEnd();
-        p.WaitForExit();
-        Assert.True(p.ExitCode == 0, $"promtool check metrics: {output}");
+        Promtool.AssertAccepts(text);
     }
 
     /// <summary>The bpf and tracefs sources side by side on one run of load: every event-counting series of the kvm
