@@ -313,14 +313,15 @@ public class AgentOnLoadTests
         Assert.Equal(0, m.Sum("kvmobserve_decode_errors_total"));
     }
 
-    /// <summary>A one-page tracefs ring per CPU, read only when full or at the poll timeout, flooded by two vCPUs:
-    /// every PIO exit it did not count is in the loss counter of its CPU, and that counter is what the kernel says it
-    /// overwrote or dropped there (per_cpu/cpuN/stats), exactly. (The instance also carries the VMM's thread
+    /// <summary>A one-page tracefs ring per CPU, read only when full or at the poll timeout, flooded by two vCPUs
+    /// while the agent is stopped (SIGSTOP: in the test VM a reader kept up with its slow vCPUs, and the ring did not
+    /// overrun): every PIO exit it did not count is in the loss counter of its CPU, and that counter is what the kernel
+    /// says it overwrote or dropped there (per_cpu/cpuN/stats), exactly. (The instance also carries the VMM's thread
     /// creations, which the kernel may overwrite too: lost can exceed the PIO exits missing, never fall short.)</summary>
     [KernelFact]
     public void An_overrun_tracefs_ring_loses_only_what_it_counts_as_lost_per_cpu()
     {
-        using Agent agent = FloodPio("tracefs", out long driven);
+        using Agent agent = FloodPio("tracefs", out long driven, stopReader: true);
         Thread.Sleep(TestTime.Ms(1500)); // every CPU's ring read to its end
         Metrics m = agent.Scrape();
         string instance = Path.Combine(TracefsLossTests.TracefsRoot(), "instances", $"kvmobserve-{agent.Pid}");
@@ -356,13 +357,25 @@ public class AgentOnLoadTests
     }
 
     /// <summary>An agent of <paramref name="source"/> with a 4 KiB ring per CPU, read only when full or at the poll
-    /// timeout, once two vCPUs drove 40,000 PIO exits through it and it counted or lost them all.</summary>
-    private static Agent FloodPio(string source, out long driven)
+    /// timeout, once two vCPUs drove 40,000 PIO exits through it and it counted or lost them all; with
+    /// <paramref name="stopReader"/>, the agent is stopped (SIGSTOP) while they do, so the ring certainly overruns.</summary>
+    private static Agent FloodPio(string source, out long driven, bool stopReader = false)
     {
         Agent agent = Agent.Start("--source", source, "--metrics", "pio", "--buffer-kb", "4", "--wakeup-percent", "100");
         try
         {
-            JsonElement report = Agent.Load("--mode", "pio", "--vcpus", "2", "--count", "20000", "--name", $"flood-{source}{Environment.ProcessId}");
+            JsonElement report;
+            if (stopReader)
+                Assert.Equal(0, Syscall.Kill(agent.Pid, 19)); // SIGSTOP: its readers stop where they are
+            try
+            {
+                report = Agent.Load("--mode", "pio", "--vcpus", "2", "--count", "20000", "--name", $"flood-{source}{Environment.ProcessId}");
+            }
+            finally
+            {
+                if (stopReader)
+                    Syscall.Kill(agent.Pid, 18); // SIGCONT
+            }
             long pio = PerVm(report, "pio").Values.Sum();
             Assert.Equal(40000, pio);
             agent.ScrapeUntil(x => x.Sum("kvm_pio_total") + x.Sum("kvmobserve_events_lost_total") >= pio);
