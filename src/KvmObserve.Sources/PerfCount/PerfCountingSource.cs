@@ -33,7 +33,8 @@ public sealed class PerfCountingSource : IEventSource
     /// <summary>While a window is open: poll and rescan this often, so a new VM's threads get counters within tens of
     /// milliseconds (a scan of procfs takes 2-10 ms here) and the window is short.</summary>
     private const int WindowPollMs = 20, WindowRescanMs = 40;
-    /// <summary>How long an open of /dev/kvm keeps a window open while nothing new is attached (a capability probe).</summary>
+    /// <summary>How long an open of /dev/kvm keeps a window open, from the last open: the VMM that opened it makes its VM
+    /// fd within it (a capability probe makes none).</summary>
     private const int OpenGraceMs = 1000;
     /// <summary>How long a VMM that holds a VM fd and no vCPU fd keeps a window open: it is setting a VM up (QEMU
     /// allocates guest memory before it creates vCPUs), and its first vCPU may run as soon as it is created. One that
@@ -301,11 +302,14 @@ public sealed class PerfCountingSource : IEventSource
                 _lastScan = now;
             }
             _scansSeen = registry.ScansDone;
-            (bool complete, bool byName, bool attached, bool vcpuAttached) = AttachAndRetire(deciding: paced);
+            (bool complete, bool byName, bool attached) = AttachAndRetire(deciding: paced);
             if (attributed is not null)
                 attributed = CollectThreads();
-            if (vcpuAttached || (_kvmOpenPending && now >= _kvmOpenedAt.AddMilliseconds(OpenGraceMs)))
-                _kvmOpenPending = false; // a VM came of the open, or none did (a capability probe)
+            // The grace runs from the last open, whatever is attached meanwhile: when VMMs start together, one VM's
+            // vCPU ended the wait of opens whose VMs were still to come (inotify merges opens close together), and
+            // each of 12 VMs started at once ran ~30% of its exits uncounted. A VM fd made in it holds the window on.
+            if (_kvmOpenPending && now >= _kvmOpenedAt.AddMilliseconds(OpenGraceMs))
+                _kvmOpenPending = false;
             if (!complete)
                 OpenWindow(); // a vCPU without counters (added to a running VM, or past the fd limit)
             else if (paced && !_kvmOpenPending && (!attached || byName))
@@ -430,17 +434,13 @@ public sealed class PerfCountingSource : IEventSource
     /// threads gone. Complete: every VM has vCPU fds, and a thread with counters for each (its named vCPU threads; every
     /// thread of a VMM that does not name them). By name: complete, and every VM's vCPU fds matched to the threads
     /// named for them (in a VMM that does not name them, the thread that will run a vCPU may not exist yet, so one
-    /// scan more confirms it). Changed: a thread was attached. VcpuAttached: a vCPU's thread was (one named for a
-    /// vCPU; in a VMM that does not name them, a thread of a VMM with vCPU fds): what an open of /dev/kvm waits for.
-    /// Any other thread a VMM starts meanwhile (a thread pool's) is no VM, and until this change it ended the wait:
-    /// when the open was still short of its VM fd, the window closed and the VM's first ~100 ms went uncounted
-    /// (~11,000 of 330,000 PIO exits in one `overhead` round of 21). While a window is open (<paramref name="deciding"/>: it
+    /// scan more confirms it). Changed: a thread was attached. While a window is open (<paramref name="deciding"/>: it
     /// closes on what this finds), each VM's fds are walked afresh, not taken from the registry's cache.</summary>
-    private (bool Complete, bool ByName, bool Changed, bool VcpuAttached) AttachAndRetire(bool deciding)
+    private (bool Complete, bool ByName, bool Changed) AttachAndRetire(bool deciding)
     {
         var alive = new HashSet<int>();
         DateTime now = DateTime.UtcNow;
-        bool complete = true, byName = true, changed = false, vcpuAttached = false;
+        bool complete = true, byName = true, changed = false;
         foreach (VmInfo vm in _aggregator.Registry.Vms())
         {
             if (vm.ExitedAt is not null)
@@ -454,7 +454,6 @@ public sealed class PerfCountingSource : IEventSource
                 _namingVmms.Add(vm);
             bool named = _namingVmms.Contains(vm);
             IReadOnlyList<int> vcpuFds = _aggregator.Registry.VcpuFds(vm, fresh: deciding); // HoldsVmFd reads this walk
-            bool attachedVcpuPlan = false, attachedNamedVcpu = false;
             foreach ((int tid, int vcpu) in threads)
             {
                 alive.Add(tid);
@@ -473,8 +472,6 @@ public sealed class PerfCountingSource : IEventSource
                 if (Attach(tid, plan, out bool exited))
                 {
                     changed = true;
-                    attachedVcpuPlan |= plan == _vcpuPlan;
-                    attachedNamedVcpu |= vcpu >= 0;
                 }
                 else if (exited)
                 {
@@ -487,7 +484,6 @@ public sealed class PerfCountingSource : IEventSource
                     // A thread that exited since the scan needs no counters: it opened a window until the next scan
                     : threads.All(t => _threads.ContainsKey(t.Tid) || !alive.Contains(t.Tid)))
                 : !SettingUp(vm, now);
-            vcpuAttached |= named ? attachedNamedVcpu : attachedVcpuPlan && vcpuFds.Count > 0;
             if (vcpuFds.Count > 0)
                 _settingUp.Remove(vm);
             if (counted)
@@ -502,7 +498,7 @@ public sealed class PerfCountingSource : IEventSource
         _namingVmms.RemoveWhere(v => v.ExitedAt is not null);
         foreach (ThreadCounters t in _threads.Values.Where(t => !alive.Contains(t.Tid)).ToList())
             Retire(t);
-        return (complete, complete && byName, changed, vcpuAttached);
+        return (complete, complete && byName, changed);
     }
 
     private static void ForgetExited<T>(Dictionary<VmInfo, T> byVm)
